@@ -1,0 +1,425 @@
+"""PyTorch's RMSprop as an optax ``GradientTransformation``.
+
+The math lives in :func:`rmsprop_math`, one function over real arrays. Every
+other part of jrmsprop (pytrees, complex views, ``None`` gradients, schedules,
+the stateful adapter, the parallel helpers) wraps it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Scalar = Union[float, jax.Array]
+ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], Any]]
+
+_HYPERPARAM_ERRORS = (
+    ("lr", "Invalid learning rate: {}"),
+    ("eps", "Invalid epsilon value: {}"),
+    ("momentum", "Invalid momentum value: {}"),
+    ("weight_decay", "Invalid weight_decay value: {}"),
+    ("alpha", "Invalid alpha value: {}"),
+)
+
+_SUPPORTED_DTYPES = "float16, bfloat16, float32, float64, complex64 or complex128"
+
+
+class RMSpropState(NamedTuple):
+    """State of :func:`rmsprop`.
+
+    Attributes:
+      count: number of updates applied so far (int32 scalar); what an ``lr``
+        schedule reads.
+      step: per parameter, torch's ``state["step"]`` (int32 scalar): how many
+        times that parameter received a gradient.
+      square_avg: per parameter, the running average of squared gradients.
+      momentum_buffer: per parameter, the momentum buffer; ``None`` (no
+        memory) when the transformation was built with ``momentum == 0``.
+      grad_avg: per parameter, the running average of gradients; ``None`` (no
+        memory) unless ``centered``.
+    """
+
+    count: jax.Array
+    step: Any
+    square_avg: Any
+    momentum_buffer: Any
+    grad_avg: Any
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_hyperparams(**hyperparams: Any) -> None:
+    """Raises torch's ``ValueError`` for a negative (or NaN) hyperparameter.
+
+    Values that are traced (inside ``jit``/``grad``) or schedules are skipped:
+    they cannot be read here.
+    """
+    for name, message in _HYPERPARAM_ERRORS:
+        value = hyperparams.get(name)
+        if value is None or callable(value) or not _is_concrete(value):
+            continue
+        number = float(jnp.real(jnp.asarray(value)))
+        if not 0.0 <= number:
+            raise ValueError(message.format(number))
+
+
+def _hyper(value: Scalar, dtype: Any) -> Scalar:
+    """A hyperparameter as the math sees it.
+
+    Python numbers stay Python numbers (weakly typed, so derived values such
+    as ``1 - alpha`` are computed in double precision, as torch computes
+    them); arrays are cast to the parameter's real dtype so they never promote
+    the parameter (``inject_hyperparams`` hands complex params complex
+    hyperparameters).
+    """
+    if isinstance(value, (int, float)):
+        return value
+    value = jnp.asarray(value)
+    if jnp.iscomplexobj(value):
+        value = jnp.real(value)
+    return value.astype(dtype)
+
+
+def _lerp(start: jax.Array, end: jax.Array, weight: Scalar) -> jax.Array:
+    """``torch.lerp`` with a scalar weight, branch for branch."""
+    near = start + weight * (end - start)
+    far = end - (end - start) * (1 - weight)
+    if isinstance(weight, (int, float)):
+        return near if weight < 0.5 else far
+    return jnp.where(weight < 0.5, near, far)
+
+
+def rmsprop_math(
+    param: jax.Array,
+    grad: jax.Array,
+    square_avg: jax.Array,
+    grad_avg: Optional[jax.Array],
+    momentum_buffer: Optional[jax.Array],
+    *,
+    lr: Scalar,
+    alpha: Scalar,
+    eps: Scalar,
+    weight_decay: Scalar,
+    momentum: Scalar,
+    maximize: bool,
+) -> tuple[jax.Array, jax.Array, Optional[jax.Array], Optional[jax.Array]]:
+    """One step of torch's RMSprop on one real parameter, in torch's order.
+
+    ``grad_avg`` is ``None`` unless centered; ``momentum_buffer`` is ``None``
+    unless a momentum buffer is kept. Returns ``(update, square_avg,
+    grad_avg, momentum_buffer)`` where ``param + update`` is torch's new
+    parameter.
+    """
+    if maximize:
+        grad = -grad
+    if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+        grad = grad + weight_decay * param
+    square_avg = square_avg * alpha + (1 - alpha) * grad * grad
+    if grad_avg is not None:
+        grad_avg = _lerp(grad_avg, grad, 1 - alpha)
+        avg = jnp.sqrt(square_avg - grad_avg * grad_avg)
+    else:
+        avg = jnp.sqrt(square_avg)
+    avg = avg + eps
+    if momentum_buffer is not None:
+        momentum_buffer = momentum_buffer * momentum + grad / avg
+        update = -lr * momentum_buffer
+    else:
+        update = -lr * (grad / avg)
+    return update, square_avg, grad_avg, momentum_buffer
+
+
+def _components(x: Optional[jax.Array], is_complex: bool) -> tuple:
+    """``torch.view_as_real`` for elementwise math: (real, imag) or (x,)."""
+    if x is None:
+        return (None, None) if is_complex else (None,)
+    return (jnp.real(x), jnp.imag(x)) if is_complex else (x,)
+
+
+def _join(parts: tuple, is_complex: bool) -> Optional[jax.Array]:
+    if parts[0] is None:
+        return None
+    return jax.lax.complex(*parts) if is_complex else parts[0]
+
+
+def _step_leaf(param, grad, square_avg, grad_avg, momentum_buffer, hyper, maximize):
+    """:func:`rmsprop_math` on one leaf, complex leaves as (real, imag)."""
+    is_complex = jnp.iscomplexobj(square_avg)
+    real_dtype = jnp.real(square_avg).dtype
+    args = {name: _hyper(value, real_dtype) for name, value in hyper.items()}
+    if param is None:
+        param_parts = (None, None) if is_complex else (None,)
+    else:
+        param_parts = _components(param, is_complex)
+    outs = [
+        rmsprop_math(p, g, s, a, m, maximize=maximize, **args)
+        for p, g, s, a, m in zip(
+            param_parts,
+            _components(grad, is_complex),
+            _components(square_avg, is_complex),
+            _components(grad_avg, is_complex),
+            _components(momentum_buffer, is_complex),
+        )
+    ]
+    return tuple(_join(parts, is_complex) for parts in zip(*outs))
+
+
+def _path_str(path) -> str:
+    return jax.tree_util.keystr(path) or "<root>"
+
+
+def _describe(x: Any) -> str:
+    if x is None:
+        return "None"
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return f"{jnp.dtype(x.dtype).name}{list(x.shape)}"
+    return type(x).__name__
+
+
+def check_leaves(tree: Any, what: str) -> None:
+    """``TypeError`` naming the path of a leaf that is not a float/complex array."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not (
+            jnp.issubdtype(dtype, jnp.floating)
+            or jnp.issubdtype(dtype, jnp.complexfloating)
+        ):
+            raise TypeError(
+                f"rmsprop: {what} leaf {_path_str(path)} is {_describe(leaf)}; "
+                f"RMSprop steps only {_SUPPORTED_DTYPES} arrays "
+                "(integer and boolean parameters cannot be optimized, as in torch)"
+            )
+
+
+def _flatten_like(reference_def, tree: Any, what: str, reference_what: str):
+    """Leaves of ``tree`` (``None`` kept as a leaf) checked against a treedef."""
+    leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: x is None)
+    if treedef != reference_def:
+        raise ValueError(
+            f"rmsprop: the structure of {what} does not match {reference_what}: "
+            f"{what} is {treedef}, {reference_what} is {reference_def}"
+        )
+    return leaves
+
+
+def _check_pair(path, leaf, ref, what: str, ref_what: str) -> None:
+    if leaf is None:
+        return
+    if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+        raise TypeError(
+            f"rmsprop: {what} leaf {_path_str(path)} is a {type(leaf).__name__}, "
+            f"not an array ({ref_what} there is {_describe(ref)})"
+        )
+    if tuple(leaf.shape) != tuple(ref.shape):
+        raise ValueError(
+            f"rmsprop: shape mismatch at {_path_str(path)}: {what} has shape "
+            f"{tuple(leaf.shape)}, {ref_what} has shape {tuple(ref.shape)}"
+        )
+    if jnp.dtype(leaf.dtype) != jnp.dtype(ref.dtype):
+        raise TypeError(
+            f"rmsprop: dtype mismatch at {_path_str(path)}: {what} is "
+            f"{jnp.dtype(leaf.dtype).name}, {ref_what} is {jnp.dtype(ref.dtype).name}"
+        )
+
+
+def _check_state(state: Any, centered: bool, momentum: Any) -> None:
+    if not isinstance(state, RMSpropState):
+        raise TypeError(
+            f"rmsprop: state must be an RMSpropState, got {type(state).__name__}"
+        )
+    if centered and state.grad_avg is None:
+        raise ValueError(
+            "rmsprop: state has no grad_avg but the transformation is centered: "
+            "the state was created by rmsprop(centered=False)"
+        )
+    if not centered and state.grad_avg is not None:
+        raise ValueError(
+            "rmsprop: state has a grad_avg but the transformation is not centered: "
+            "the state was created by rmsprop(centered=True)"
+        )
+    if state.momentum_buffer is None and isinstance(momentum, (int, float)) and momentum > 0:
+        raise ValueError(
+            f"rmsprop: momentum={momentum} needs a momentum_buffer, and the state "
+            "has none: it was created with momentum=0"
+        )
+
+
+def _wants_momentum_buffer(momentum: Any) -> bool:
+    """Whether ``init`` allocates a momentum buffer.
+
+    A number or concrete array: when it is > 0, as torch decides. A traced
+    value (init under ``jit`` with a traced momentum): always, since its value
+    cannot be read and a buffer with momentum 0 gives torch's momentum-free
+    result.
+    """
+    if _is_concrete(momentum):
+        return bool(jnp.real(jnp.asarray(momentum)) > 0)
+    return True
+
+
+def rmsprop(
+    lr: ScalarOrSchedule = 1e-2,
+    alpha: Scalar = 0.99,
+    eps: Scalar = 1e-8,
+    weight_decay: Scalar = 0.0,
+    momentum: Scalar = 0.0,
+    centered: bool = False,
+    maximize: bool = False,
+) -> optax.GradientTransformation:
+    r"""PyTorch's ``torch.optim.RMSprop``, number for number, as optax.
+
+    For each parameter :math:`p` with gradient :math:`g`, in torch's order
+    (the order decides rounding):
+
+    .. math::
+
+       g &\leftarrow -g \quad\text{if maximize} \\
+       \text{step} &\leftarrow \text{step} + 1 \\
+       g &\leftarrow g + \lambda p \quad\text{(coupled L2, weight\_decay } \lambda) \\
+       v &\leftarrow \alpha v + (1 - \alpha) g^2 \\
+       \bar g &\leftarrow \operatorname{lerp}(\bar g, g, 1 - \alpha),\;
+          a = \sqrt{v - \bar g^2} \quad\text{if centered, else } a = \sqrt{v} \\
+       a &\leftarrow a + \epsilon \quad\text{(eps outside the square root)} \\
+       b &\leftarrow \mu b + g / a,\; p \leftarrow p - \eta b
+          \quad\text{if momentum } \mu > 0 \\
+       p &\leftarrow p - \eta\, g / a \quad\text{otherwise}
+
+    Complex parameters are seen as real arrays of (real, imag) pairs, as
+    ``torch.view_as_real``: each component has its own moments, so the real
+    part of ``square_avg`` averages :math:`\operatorname{re}(g)^2` and its
+    imaginary part :math:`\operatorname{im}(g)^2` (not :math:`|g|^2`).
+    A ``None`` gradient skips its parameter: its update is ``-0.0`` (so
+    ``optax.apply_updates`` leaves it bit for bit), its state and its step
+    stay as they were.
+
+    How it differs from ``optax.rmsprop``:
+
+    * eps is added outside the square root (optax's default,
+      ``eps_in_sqrt=True``, adds it inside);
+    * the momentum buffer holds ``g / a`` and lr multiplies the whole buffer,
+      so a changing lr acts on past momentum too (optax's momentum traces
+      lr-scaled updates and drifts from torch under a schedule);
+    * ``weight_decay`` (coupled L2) and ``maximize`` exist;
+    * complex gradients have component-wise moments (optax uses the modulus);
+    * per-parameter ``step`` and skipped ``None`` gradients, as torch keeps them.
+
+    Args:
+      lr: learning rate: a float, a scalar array, or an optax schedule (a
+        callable of the number of updates applied before this one).
+      alpha: smoothing constant of the squared-gradient average.
+      eps: added to the denominator, outside the square root.
+      weight_decay: coupled L2 penalty (``g + weight_decay * p``); needs
+        ``params`` in ``update`` when non-zero.
+      momentum: momentum factor; a buffer is kept when it is > 0 at ``init``.
+      centered: normalize by the variance estimate instead of the second moment.
+      maximize: maximize the objective instead of minimizing it.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state is :class:`RMSpropState`.
+
+    Example::
+
+      >>> import jax.numpy as jnp, optax, jrmsprop
+      >>> params = {"w": jnp.ones(3)}
+      >>> opt = jrmsprop.rmsprop(lr=0.1, momentum=0.9)
+      >>> state = opt.init(params)
+      >>> grads = {"w": jnp.array([1.0, -2.0, 0.5])}
+      >>> updates, state = opt.update(grads, state, params)
+      >>> params = optax.apply_updates(params, updates)
+    """
+    check_hyperparams(
+        lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum
+    )
+
+    def init_fn(params: Any) -> RMSpropState:
+        check_leaves(params, "params")
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
+        return RMSpropState(
+            count=jnp.zeros([], jnp.int32),
+            step=jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params),
+            square_avg=zeros(),
+            momentum_buffer=zeros() if _wants_momentum_buffer(momentum) else None,
+            grad_avg=zeros() if centered else None,
+        )
+
+    def update_fn(
+        updates: Any, state: RMSpropState, params: Any = None
+    ) -> tuple[Any, RMSpropState]:
+        _check_state(state, centered, momentum)
+        uses_decay = not (isinstance(weight_decay, (int, float)) and weight_decay == 0)
+        if uses_decay and params is None:
+            raise ValueError(
+                f"rmsprop: weight_decay={weight_decay} needs params: call "
+                "update(grads, state, params)"
+            )
+        square_avg_leaves, treedef = jax.tree.flatten(state.square_avg)
+        paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(state.square_avg)[0]]
+        grad_leaves = _flatten_like(treedef, updates, "grads", "the optimizer state")
+        check_leaves([g for g in grad_leaves if g is not None], "grads")
+        for path, g, s in zip(paths, grad_leaves, square_avg_leaves):
+            _check_pair(path, g, s, "grads", "the optimizer state")
+        if params is None:
+            param_leaves = [None] * len(square_avg_leaves)
+        else:
+            param_leaves = _flatten_like(treedef, params, "params", "the optimizer state")
+            for path, p, s in zip(paths, param_leaves, square_avg_leaves):
+                if p is None:
+                    raise ValueError(f"rmsprop: params leaf {_path_str(path)} is None")
+                _check_pair(path, p, s, "params", "the optimizer state")
+
+        def leaves_or_nones(tree):
+            if tree is None:
+                return [None] * len(square_avg_leaves)
+            return treedef.flatten_up_to(tree)
+
+        step_leaves = treedef.flatten_up_to(state.step)
+        grad_avg_leaves = leaves_or_nones(state.grad_avg)
+        buffer_leaves = leaves_or_nones(state.momentum_buffer)
+        hyper = {
+            "lr": lr(state.count) if callable(lr) else lr,
+            "alpha": alpha,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+        }
+
+        out_updates, out_step, out_sq, out_ga, out_buf = [], [], [], [], []
+        for p, g, step, s, a, m in zip(
+            param_leaves,
+            grad_leaves,
+            step_leaves,
+            square_avg_leaves,
+            grad_avg_leaves,
+            buffer_leaves,
+        ):
+            if g is None:
+                out_updates.append(jnp.full_like(s, -0.0))
+                out_step.append(step)
+                out_sq.append(s)
+                out_ga.append(a)
+                out_buf.append(m)
+                continue
+            u, s, a, m = _step_leaf(p, g, s, a, m, hyper, maximize)
+            out_updates.append(u)
+            out_step.append(step + 1)
+            out_sq.append(s)
+            out_ga.append(a)
+            out_buf.append(m)
+
+        unflatten = lambda leaves: jax.tree.unflatten(treedef, leaves)  # noqa: E731
+        new_state = RMSpropState(
+            count=optax.safe_increment(state.count),
+            step=unflatten(out_step),
+            square_avg=unflatten(out_sq),
+            momentum_buffer=None if state.momentum_buffer is None else unflatten(out_buf),
+            grad_avg=None if state.grad_avg is None else unflatten(out_ga),
+        )
+        return unflatten(out_updates), new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
