@@ -1,0 +1,297 @@
+"""Moving an RMSprop run between ``torch.optim.RMSprop`` and jrmsprop.
+
+Parameter order: torch numbers its parameters in the order they were given to
+the optimizer (``model.parameters()`` order for ``RMSprop(model.parameters())``);
+here parameter ``i`` is ``jax.tree.leaves(params)[i]``. Build the JAX params as
+a list (or any pytree whose leaves come in that order), e.g.
+``[jnp.asarray(p.detach().numpy()) for p in model.parameters()]``. A dict of
+params flattens in sorted key order, which is usually NOT torch's order.
+
+Both functions take and return dicts, never paths: nothing is unpickled here.
+Load a file saved by ``torch.save`` with ``torch.load(path, weights_only=True)``.
+torch is imported only when a torch tensor has to be read or made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrmsprop.transform import RMSpropState, check_hyperparams
+
+# jrmsprop.rmsprop's keyword arguments, with its defaults.
+_DEFAULTS = {
+    "lr": 1e-2,
+    "alpha": 0.99,
+    "eps": 1e-8,
+    "weight_decay": 0.0,
+    "momentum": 0.0,
+    "centered": False,
+    "maximize": False,
+}
+_FLOAT_KEYS = ("lr", "alpha", "eps", "weight_decay", "momentum")
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            "jrmsprop's torch interop needs PyTorch, which is not installed: "
+            "pip install torch"
+        ) from error
+    return torch
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor (or any array) as a numpy array, dtype kept."""
+    if hasattr(value, "detach"):
+        torch = _import_torch()
+        tensor = value.detach().cpu()
+        if tensor.dtype == torch.bfloat16:
+            # numpy has no bfloat16: move the bits, then view them as ml_dtypes'.
+            return tensor.view(torch.int16).numpy().view(jnp.bfloat16)
+        return tensor.numpy()
+    return np.asarray(value)
+
+
+def _to_tensor(array: Any):
+    """A JAX array as a torch tensor of the same dtype (a copy)."""
+    torch = _import_torch()
+    array = np.array(array)
+    if array.dtype == jnp.bfloat16:
+        return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _dtype_name(value: Any) -> str:
+    return str(value.dtype).removeprefix("torch.")
+
+
+def _number(value: Any) -> Any:
+    """A hyperparameter as a Python number (torch allows a tensor lr)."""
+    if isinstance(value, (bool, int, float)):
+        return value
+    return _to_numpy(value).item()
+
+
+def _single_group(state_dict: Mapping) -> Mapping:
+    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
+        got = type(state_dict).__name__
+        if isinstance(state_dict, Mapping):
+            got += f" with keys {sorted(map(str, state_dict))}"
+        raise ValueError(
+            "from_torch_state_dict: expected torch.optim.RMSprop.state_dict(), a dict "
+            f"with keys 'state' and 'param_groups'; got {got}"
+        )
+    groups = state_dict["param_groups"]
+    if len(groups) != 1:
+        raise ValueError(
+            f"from_torch_state_dict: the torch state has {len(groups)} param_groups; "
+            "one is supported. Convert each group on its own (with the params of that "
+            "group) and combine them with optax.multi_transform."
+        )
+    return groups[0]
+
+
+def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpropState]:
+    """Reads ``torch.optim.RMSprop.state_dict()`` as jrmsprop hyperparams and state.
+
+    torch's parameter ``i`` (``param_groups[0]["params"][i]``) is
+    ``jax.tree.leaves(params)[i]``. A parameter torch never stepped has no state
+    entry there; it starts here at zeros with step 0, which is what torch
+    would create at its first step. ``count`` (what an lr schedule reads) is
+    set to the largest per-parameter step, the number of optimizer steps taken
+    if every parameter had a gradient every step. The ``lr`` read is the one
+    stored in the param group, i.e. after any ``torch.optim.lr_scheduler``
+    has set it.
+
+    Args:
+      state_dict: ``optimizer.state_dict()`` of a ``torch.optim.RMSprop`` with one
+        param group (torch tensors or arrays), e.g. from
+        ``torch.load(path, weights_only=True)``.
+      params: the JAX params, a pytree whose leaves are torch's parameters in
+        torch's order, with the same shapes and dtypes.
+
+    Returns:
+      ``(hyperparams, state)``: ``hyperparams`` is a dict of
+      :func:`jrmsprop.rmsprop`'s keyword arguments (``lr``, ``alpha``, ``eps``,
+      ``weight_decay``, ``momentum``, ``centered``, ``maximize``), so
+      ``jrmsprop.rmsprop(**hyperparams)`` continues the run with ``state``.
+
+    Raises:
+      ValueError: the number of parameters, a shape, a dtype or a state entry does
+        not match; the message names torch's side and the JAX side.
+    """
+    group = _single_group(state_dict)
+    hyperparams = {key: _number(group[key]) for key in _FLOAT_KEYS}
+    hyperparams["centered"] = bool(group["centered"])
+    hyperparams["maximize"] = bool(group.get("maximize", False))
+    check_hyperparams(**hyperparams)
+
+    leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+    ids = list(group["params"])
+    if len(ids) != len(leaves_with_paths):
+        raise ValueError(
+            f"from_torch_state_dict: the torch state has {len(ids)} parameters "
+            f"(param_groups[0]['params']), the JAX params have {len(leaves_with_paths)} "
+            "leaves (jax.tree.leaves(params)); parameter i of torch must be leaf i"
+        )
+    unknown = set(state_dict["state"]) - set(ids)
+    if unknown:
+        raise ValueError(
+            f"from_torch_state_dict: torch state entries {sorted(unknown)} belong to no "
+            f"parameter of param_groups[0]['params'] = {ids}"
+        )
+
+    uses_momentum = hyperparams["momentum"] > 0
+    steps, square_avgs, buffers, grad_avgs = [], [], [], []
+    for position, (torch_id, (path, leaf)) in enumerate(zip(ids, leaves_with_paths)):
+        jax_path = jax.tree_util.keystr(path) or "<root>"
+        where = f"torch parameter {position} (id {torch_id}) / JAX leaf {jax_path}"
+        entry = state_dict["state"].get(torch_id)
+        leaf = jnp.asarray(leaf)
+
+        def read(key: str, entry=entry, leaf=leaf, where=where) -> jax.Array:
+            if entry is None:
+                return jnp.zeros_like(leaf)
+            if key not in entry:
+                raise ValueError(
+                    f"from_torch_state_dict: {where}: the torch state has no "
+                    f"'{key}' (it has {sorted(entry)}), which this configuration needs"
+                )
+            value = _to_numpy(entry[key])
+            if tuple(value.shape) != tuple(leaf.shape):
+                raise ValueError(
+                    f"from_torch_state_dict: shape mismatch at {where}: torch "
+                    f"{key} has shape {tuple(value.shape)}, the JAX leaf has shape "
+                    f"{tuple(leaf.shape)}"
+                )
+            if jnp.dtype(value.dtype) != leaf.dtype:
+                raise ValueError(
+                    f"from_torch_state_dict: dtype mismatch at {where}: torch {key} "
+                    f"is {_dtype_name(entry[key])}, the JAX leaf is {leaf.dtype.name}"
+                )
+            return jnp.asarray(value)
+
+        steps.append(jnp.asarray(0 if entry is None else _number(entry["step"]), jnp.int32))
+        square_avgs.append(read("square_avg"))
+        if uses_momentum:
+            buffers.append(read("momentum_buffer"))
+        if hyperparams["centered"]:
+            grad_avgs.append(read("grad_avg"))
+
+    unflatten = lambda leaves: jax.tree.unflatten(treedef, leaves)
+    state = RMSpropState(
+        count=jnp.asarray(max((int(s) for s in steps), default=0), jnp.int32),
+        step=unflatten(steps),
+        square_avg=unflatten(square_avgs),
+        momentum_buffer=unflatten(buffers) if uses_momentum else None,
+        grad_avg=unflatten(grad_avgs) if hyperparams["centered"] else None,
+    )
+    return hyperparams, state
+
+
+def to_torch_state_dict(hyperparams: Mapping, state: RMSpropState) -> dict:
+    """Writes jrmsprop hyperparams and state as ``torch.optim.RMSprop.state_dict()``.
+
+    The result loads with ``torch.optim.RMSprop(model.parameters()).load_state_dict``
+    when ``jax.tree.leaves`` of the params come in ``model.parameters()`` order.
+    A parameter whose step is 0 gets no state entry, as in torch before its
+    first gradient.
+
+    Args:
+      hyperparams: :func:`jrmsprop.rmsprop`'s keyword arguments as numbers
+        (missing ones take its defaults), e.g. the dict
+        :func:`from_torch_state_dict` returns or ``inject_hyperparams``'s
+        ``state.hyperparams``. A schedule has no torch equivalent: pass its
+        current value.
+      state: the :class:`jrmsprop.RMSpropState` to write.
+
+    Returns:
+      ``{"state": {i: {"step", "square_avg", "momentum_buffer"?, "grad_avg"?}},
+      "param_groups": [{...}]}`` with torch tensors.
+
+    Raises:
+      ImportError: torch is not installed.
+      TypeError: ``state`` is not an :class:`RMSpropState`, or a hyperparameter
+        is a schedule.
+      ValueError: an unknown hyperparameter, or a state that does not fit the
+        hyperparameters (momentum > 0 without a momentum buffer, centered
+        without ``grad_avg``).
+    """
+    if not isinstance(state, RMSpropState):
+        raise TypeError(
+            f"to_torch_state_dict: state must be a jrmsprop.RMSpropState, got "
+            f"{type(state).__name__}"
+        )
+    unknown = set(hyperparams) - set(_DEFAULTS)
+    if unknown:
+        raise ValueError(
+            f"to_torch_state_dict: unknown hyperparameters {sorted(unknown)}; "
+            f"expected some of {sorted(_DEFAULTS)}"
+        )
+    merged = {**_DEFAULTS, **hyperparams}
+    for key in _FLOAT_KEYS:
+        if callable(merged[key]):
+            raise TypeError(
+                f"to_torch_state_dict: {key} is a schedule; torch stores a number: "
+                f"pass its value at the current step, {key}=schedule(state.count)"
+            )
+        merged[key] = float(_number(merged[key]))
+    merged["centered"] = bool(_number(merged["centered"]))
+    merged["maximize"] = bool(_number(merged["maximize"]))
+    check_hyperparams(**merged)
+    if merged["momentum"] > 0 and state.momentum_buffer is None:
+        raise ValueError(
+            f"to_torch_state_dict: momentum={merged['momentum']} but the state has no "
+            "momentum_buffer (it was created with momentum=0)"
+        )
+    if merged["centered"] and state.grad_avg is None:
+        raise ValueError(
+            "to_torch_state_dict: centered=True but the state has no grad_avg "
+            "(it was created with centered=False)"
+        )
+
+    torch = _import_torch()
+    square_avgs, treedef = jax.tree.flatten(state.square_avg)
+    steps = treedef.flatten_up_to(state.step)
+    buffers = (
+        [None] * len(steps)
+        if state.momentum_buffer is None
+        else treedef.flatten_up_to(state.momentum_buffer)
+    )
+    grad_avgs = (
+        [None] * len(steps) if state.grad_avg is None else treedef.flatten_up_to(state.grad_avg)
+    )
+    torch_state = {}
+    for i, (step, square_avg, buffer, grad_avg) in enumerate(
+        zip(steps, square_avgs, buffers, grad_avgs)
+    ):
+        if int(step) == 0:
+            continue
+        # torch keeps step as a float32 scalar tensor (torch.tensor(0.0) + 1 per step).
+        entry = {"step": torch.tensor(float(step)), "square_avg": _to_tensor(square_avg)}
+        if buffer is not None:
+            entry["momentum_buffer"] = _to_tensor(buffer)
+        if grad_avg is not None:
+            entry["grad_avg"] = _to_tensor(grad_avg)
+        torch_state[i] = entry
+    group = {
+        "lr": merged["lr"],
+        "momentum": merged["momentum"],
+        "alpha": merged["alpha"],
+        "eps": merged["eps"],
+        "centered": merged["centered"],
+        "weight_decay": merged["weight_decay"],
+        "capturable": False,
+        "foreach": None,
+        "maximize": merged["maximize"],
+        "differentiable": False,
+        "params": list(range(len(steps))),
+    }
+    return {"state": torch_state, "param_groups": [group]}
