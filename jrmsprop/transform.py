@@ -148,25 +148,36 @@ def _join(parts: tuple, is_complex: bool) -> Optional[jax.Array]:
 
 
 def _step_leaf(param, grad, square_avg, grad_avg, momentum_buffer, hyper, maximize):
-    """:func:`rmsprop_math` on one leaf, complex leaves as (real, imag)."""
+    """:func:`rmsprop_math` on one leaf, complex leaves as (real, imag).
+
+    float16 and bfloat16 leaves are computed in float32 and stored back in
+    their dtype: torch's CPU and CUDA kernels compute half types in float32
+    ("opmath") with float32 hyperparameters, and a bfloat16 ``alpha=0.99``
+    would be 0.98828125.
+    """
+    dtype = square_avg.dtype
     is_complex = jnp.iscomplexobj(square_avg)
     real_dtype = jnp.real(square_avg).dtype
-    args = {name: _hyper(value, real_dtype) for name, value in hyper.items()}
-    if param is None:
-        param_parts = (None, None) if is_complex else (None,)
-    else:
-        param_parts = _components(param, is_complex)
+    math_dtype = jnp.float32 if jnp.finfo(real_dtype).bits < 32 else real_dtype
+    args = {name: _hyper(value, math_dtype) for name, value in hyper.items()}
+
+    def parts(x):
+        return tuple(
+            None if c is None else c.astype(math_dtype) for c in _components(x, is_complex)
+        )
+
     outs = [
         rmsprop_math(p, g, s, a, m, maximize=maximize, **args)
         for p, g, s, a, m in zip(
-            param_parts,
-            _components(grad, is_complex),
-            _components(square_avg, is_complex),
-            _components(grad_avg, is_complex),
-            _components(momentum_buffer, is_complex),
+            parts(param),
+            parts(grad),
+            parts(square_avg),
+            parts(grad_avg),
+            parts(momentum_buffer),
         )
     ]
-    return tuple(_join(parts, is_complex) for parts in zip(*outs))
+    joined = (_join(c, is_complex) for c in zip(*outs))
+    return tuple(None if x is None else x.astype(dtype) for x in joined)
 
 
 def _path_str(path) -> str:
