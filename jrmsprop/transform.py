@@ -371,7 +371,6 @@ def rmsprop(
         square_avg_leaves, treedef = jax.tree.flatten(state.square_avg)
         paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(state.square_avg)[0]]
         grad_leaves = _flatten_like(treedef, updates, "grads", "the optimizer state")
-        check_leaves([g for g in grad_leaves if g is not None], "grads")
         for path, g, s in zip(paths, grad_leaves, square_avg_leaves):
             _check_pair(path, g, s, "grads", "the optimizer state")
         if params is None:

@@ -1,0 +1,150 @@
+"""Bad input gets a clear error that names what was wrong (SPEC section 4)."""
+
+import re
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import jrmsprop
+
+NEGATIVE = [
+    ("lr", "Invalid learning rate: -1.0"),
+    ("eps", "Invalid epsilon value: -1.0"),
+    ("momentum", "Invalid momentum value: -1.0"),
+    ("weight_decay", "Invalid weight_decay value: -1.0"),
+    ("alpha", "Invalid alpha value: -1.0"),
+]
+
+
+@pytest.mark.parametrize("name,message", NEGATIVE)
+def test_negative_hyperparameter_has_torchs_wording(name, message):
+    with pytest.raises(ValueError) as torch_error:
+        torch.optim.RMSprop([torch.zeros(1, requires_grad=True)], **{name: -1.0})
+    assert str(torch_error.value) == message
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        jrmsprop.rmsprop(**{name: -1.0})
+
+
+@pytest.mark.parametrize("name,message", NEGATIVE)
+def test_negative_hyperparameter_as_array_is_caught(name, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        jrmsprop.rmsprop(**{name: jnp.asarray(-1.0)})
+
+
+def test_nan_learning_rate_is_invalid_as_in_torch():
+    with pytest.raises(ValueError, match="Invalid learning rate: nan"):
+        jrmsprop.rmsprop(lr=float("nan"))
+
+
+def test_zero_hyperparameters_are_valid():
+    jrmsprop.rmsprop(lr=0.0, alpha=0.0, eps=0.0, weight_decay=0.0, momentum=0.0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_, jnp.uint8])
+def test_integer_or_boolean_param_is_a_type_error_naming_its_path(dtype):
+    params = {"encoder": {"w": jnp.ones(2), "mask": jnp.ones(2, dtype)}}
+    with pytest.raises(TypeError, match=r"\['encoder'\]\['mask'\]"):
+        jrmsprop.rmsprop().init(params)
+
+
+def test_integer_grad_is_a_type_error_naming_its_path():
+    params = {"w": jnp.ones(2)}
+    state = jrmsprop.rmsprop().init(params)
+    with pytest.raises(TypeError, match=r"\['w'\].*int32"):
+        jrmsprop.rmsprop().update({"w": jnp.ones(2, jnp.int32)}, state, params)
+
+
+def test_grad_shape_mismatch_names_path_and_both_shapes():
+    params = {"a": jnp.ones(2), "b": jnp.ones((3, 4))}
+    opt = jrmsprop.rmsprop()
+    state = opt.init(params)
+    with pytest.raises(ValueError, match=r"\['b'\].*\(4, 3\).*\(3, 4\)"):
+        opt.update({"a": jnp.ones(2), "b": jnp.ones((4, 3))}, state, params)
+
+
+def test_grad_dtype_mismatch_names_path_and_both_dtypes():
+    params = [jnp.ones(2, jnp.float32), jnp.ones(2, jnp.complex64)]
+    opt = jrmsprop.rmsprop()
+    state = opt.init(params)
+    with pytest.raises(TypeError, match=r"\[1\].*float32.*complex64"):
+        opt.update([jnp.ones(2, jnp.float32), jnp.ones(2, jnp.float32)], state, params)
+
+
+def test_grad_structure_mismatch_names_both_structures():
+    params = {"a": jnp.ones(2), "b": jnp.ones(2)}
+    opt = jrmsprop.rmsprop()
+    state = opt.init(params)
+    with pytest.raises(ValueError, match=r"structure of grads.*'a'.*'c'.*'a'.*'b'"):
+        opt.update({"a": jnp.ones(2), "c": jnp.ones(2)}, state, params)
+
+
+def test_param_shape_mismatch_against_state_names_path():
+    params = {"w": jnp.ones(3)}
+    opt = jrmsprop.rmsprop()
+    state = opt.init(params)
+    with pytest.raises(ValueError, match=r"\['w'\].*params has shape \(4,\).*\(3,\)"):
+        opt.update({"w": jnp.ones(3)}, state, {"w": jnp.ones(4)})
+
+
+def test_non_array_gradient_is_a_type_error():
+    params = {"w": jnp.ones(2)}
+    opt = jrmsprop.rmsprop()
+    with pytest.raises(TypeError, match=r"\['w'\].*str"):
+        opt.update({"w": "oops"}, opt.init(params), params)
+
+
+def test_weight_decay_without_params_is_a_clear_error():
+    params = {"w": jnp.ones(2)}
+    opt = jrmsprop.rmsprop(weight_decay=0.1)
+    with pytest.raises(ValueError, match="weight_decay=0.1 needs params"):
+        opt.update({"w": jnp.ones(2)}, opt.init(params))
+
+
+def test_no_params_needed_without_weight_decay():
+    params = {"w": jnp.ones(2)}
+    opt = jrmsprop.rmsprop()
+    updates, _ = opt.update({"w": jnp.ones(2)}, opt.init(params))
+    assert np.all(np.isfinite(updates["w"]))
+
+
+def test_non_centered_state_in_centered_update_is_an_error():
+    params = {"w": jnp.ones(2)}
+    state = jrmsprop.rmsprop().init(params)
+    with pytest.raises(ValueError, match="no grad_avg.*centered=False"):
+        jrmsprop.rmsprop(centered=True).update({"w": jnp.ones(2)}, state, params)
+
+
+def test_centered_state_in_non_centered_update_is_an_error():
+    params = {"w": jnp.ones(2)}
+    state = jrmsprop.rmsprop(centered=True).init(params)
+    with pytest.raises(ValueError, match="has a grad_avg.*centered=True"):
+        jrmsprop.rmsprop().update({"w": jnp.ones(2)}, state, params)
+
+
+def test_state_without_momentum_buffer_in_momentum_update_is_an_error():
+    params = {"w": jnp.ones(2)}
+    state = jrmsprop.rmsprop().init(params)
+    with pytest.raises(ValueError, match="momentum=0.9 needs a momentum_buffer"):
+        jrmsprop.rmsprop(momentum=0.9).update({"w": jnp.ones(2)}, state, params)
+
+
+def test_foreign_state_is_a_type_error():
+    params = {"w": jnp.ones(2)}
+    with pytest.raises(TypeError, match="RMSpropState"):
+        jrmsprop.rmsprop().update({"w": jnp.ones(2)}, {"w": jnp.zeros(2)}, params)
+
+
+def test_a_failed_update_changes_nothing():
+    params = {"w": jnp.arange(3.0)}
+    opt = jrmsprop.rmsprop(momentum=0.5)
+    state = opt.init(params)
+    _, state = opt.update({"w": jnp.ones(3)}, state, params)
+    before = [np.array(x) for x in (params["w"], state.square_avg["w"], state.momentum_buffer["w"])]
+    with pytest.raises(ValueError):
+        opt.update({"w": jnp.ones(4)}, state, params)
+    after = [np.array(x) for x in (params["w"], state.square_avg["w"], state.momentum_buffer["w"])]
+    for b, a in zip(before, after):
+        np.testing.assert_array_equal(b, a)
+    assert int(state.step["w"]) == 1 and int(state.count) == 1
