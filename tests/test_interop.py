@@ -91,7 +91,7 @@ def _assert_state_matches(torch_params, torch_opt, jax_params, state):
         names += ["momentum_buffer"] if state.momentum_buffer is not None else []
         names += ["grad_avg"] if state.grad_avg is not None else []
         for name in names:
-            ours = np.asarray(getattr(state, name)[i])
+            ours = np.array(getattr(state, name)[i])
             theirs = torch_state[name].numpy() if torch_state else np.zeros_like(ours)
             assert_close(ours, theirs, msg=lambda m, n=name, i=i: f"{n} of parameter {i}: {m}")
 
