@@ -49,8 +49,12 @@ class RMSpropState(NamedTuple):
     grad_avg: Any
 
 
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+def _concrete_number(x: Any) -> Optional[float]:
+    """The real value of a number or array, or ``None`` when it is traced."""
+    try:
+        return float(jnp.real(jnp.asarray(x)))
+    except jax.errors.ConcretizationTypeError:
+        return None
 
 
 def check_hyperparams(**hyperparams: Any) -> None:
@@ -61,10 +65,10 @@ def check_hyperparams(**hyperparams: Any) -> None:
     """
     for name, message in _HYPERPARAM_ERRORS:
         value = hyperparams.get(name)
-        if value is None or callable(value) or not _is_concrete(value):
+        if value is None or callable(value):
             continue
-        number = float(jnp.real(jnp.asarray(value)))
-        if not 0.0 <= number:
+        number = _concrete_number(value)
+        if number is not None and not 0.0 <= number:
             raise ValueError(message.format(number))
 
 
@@ -268,9 +272,8 @@ def _wants_momentum_buffer(momentum: Any) -> bool:
     cannot be read and a buffer with momentum 0 gives torch's momentum-free
     result.
     """
-    if _is_concrete(momentum):
-        return bool(jnp.real(jnp.asarray(momentum)) > 0)
-    return True
+    number = _concrete_number(momentum)
+    return True if number is None else number > 0
 
 
 def rmsprop(

@@ -1,0 +1,142 @@
+"""jrmsprop.rmsprop under jax.jit, jax.vmap, jax.grad and optax.inject_hyperparams."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+from torch_reference import random_array, to_torch
+
+import jrmsprop
+
+
+def _quadratic_grads(params, target):
+    return jax.grad(lambda p: sum(jnp.sum((x - t) ** 2) for x, t in zip(p, target)))(params)
+
+
+def test_unused_buffers_take_no_memory():
+    params = {"w": jnp.ones((3, 3))}
+    plain = jrmsprop.rmsprop().init(params)
+    assert plain.momentum_buffer is None and plain.grad_avg is None
+    full = jrmsprop.rmsprop(momentum=0.9, centered=True).init(params)
+    assert full.momentum_buffer["w"].shape == (3, 3) and full.grad_avg["w"].shape == (3, 3)
+
+
+def test_jit_equals_eager():
+    rng = np.random.default_rng(0)
+    params = [jnp.asarray(random_array(rng, (5, 3), "float32")), jnp.asarray(random_array(rng, (4,), "complex64"))]
+    opt = jrmsprop.rmsprop(lr=0.05, momentum=0.5, centered=True, weight_decay=0.1)
+    eager_state = jit_state = opt.init(params)
+    eager_params = jit_params = params
+    update = jax.jit(opt.update)
+    for _ in range(10):
+        grads = [jnp.asarray(random_array(rng, p.shape, p.dtype.name)) for p in params]
+        u, eager_state = opt.update(grads, eager_state, eager_params)
+        eager_params = optax.apply_updates(eager_params, u)
+        u, jit_state = update(grads, jit_state, jit_params)
+        jit_params = optax.apply_updates(jit_params, u)
+    for a, b in zip(jax.tree.leaves((eager_params, eager_state)), jax.tree.leaves((jit_params, jit_state))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert update._cache_size() == 1
+
+
+def test_vmap_steps_an_ensemble_like_separate_torch_optimizers():
+    members, steps = 4, 20
+    rng = np.random.default_rng(1)
+    hyper = {"lr": 0.01, "momentum": 0.9, "centered": True, "weight_decay": 0.01}
+    opt = jrmsprop.rmsprop(**hyper)
+    params = {"w": jnp.asarray(random_array(rng, (members, 3, 2), "float32")),
+              "b": jnp.asarray(random_array(rng, (members, 2), "complex64"))}
+    torch_params = [[to_torch(np.asarray(params[k][m])).requires_grad_(True) for k in ("b", "w")]
+                    for m in range(members)]
+    torch_opts = [torch.optim.RMSprop(tp, **hyper) for tp in torch_params]
+    state = jax.vmap(opt.init)(params)
+    update = jax.jit(jax.vmap(opt.update))
+    for _ in range(steps):
+        grads = {"w": random_array(rng, (members, 3, 2), "float32"), "b": random_array(rng, (members, 2), "complex64")}
+        for m in range(members):
+            torch_params[m][0].grad = to_torch(grads["b"][m])
+            torch_params[m][1].grad = to_torch(grads["w"][m])
+            torch_opts[m].step()
+        updates, state = update(jax.tree.map(jnp.asarray, grads), state, params)
+        params = optax.apply_updates(params, updates)
+    for m in range(members):
+        torch.testing.assert_close(to_torch(np.asarray(params["b"][m])), torch_params[m][0].detach())
+        torch.testing.assert_close(to_torch(np.asarray(params["w"][m])), torch_params[m][1].detach())
+        tstate = torch_opts[m].state[torch_params[m][1]]
+        torch.testing.assert_close(to_torch(np.asarray(state.momentum_buffer["w"][m])), tstate["momentum_buffer"])
+    np.testing.assert_array_equal(np.asarray(state.step["w"]), np.full(members, steps))
+
+
+def _loss_after_steps(lr, params0, target, steps, **hyper):
+    opt = jrmsprop.rmsprop(lr=lr, **hyper)
+    params, state = params0, opt.init(params0)
+    for _ in range(steps):
+        updates, state = opt.update(_quadratic_grads(params, target), state, params)
+        params = optax.apply_updates(params, updates)
+    return sum(jnp.sum((p - t) ** 2) for p, t in zip(params, target))
+
+
+def test_grad_through_update_with_respect_to_lr_matches_finite_differences():
+    rng = np.random.default_rng(2)
+    params0 = [jnp.asarray(random_array(rng, (4, 3), "float64")), jnp.asarray(random_array(rng, (3,), "float64"))]
+    target = [jnp.asarray(random_array(rng, p.shape, "float64")) for p in params0]
+    hyper = {"momentum": 0.9, "centered": True, "weight_decay": 0.1}
+    loss = lambda lr: _loss_after_steps(lr, params0, target, 5, **hyper)  # noqa: E731
+    lr, h = 0.01, 1e-6
+    analytic = jax.grad(loss)(lr)
+    numeric = (loss(lr + h) - loss(lr - h)) / (2 * h)
+    assert abs(float(analytic)) > 1e-3  # the check is not vacuous
+    np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6)
+    np.testing.assert_allclose(float(jax.jit(jax.grad(loss))(lr)), float(analytic), rtol=1e-10)
+
+
+def test_grad_through_update_with_respect_to_initial_params():
+    # torch's differentiable=True: gradients flow through the whole step.
+    rng = np.random.default_rng(3)
+    params0 = [jnp.asarray(random_array(rng, (3,), "float64"))]
+    target = [jnp.zeros(3, jnp.float64)]
+    loss = lambda p: _loss_after_steps(0.05, p, target, 3, momentum=0.5)  # noqa: E731
+    analytic = jax.grad(loss)(params0)[0]
+    for i in range(3):
+        e = jnp.zeros(3, jnp.float64).at[i].set(1e-6)
+        numeric = (loss([params0[0] + e]) - loss([params0[0] - e])) / 2e-6
+        np.testing.assert_allclose(float(analytic[i]), float(numeric), rtol=1e-5)
+
+
+def test_inject_hyperparams_changes_between_steps_like_torch_param_groups():
+    rng = np.random.default_rng(4)
+    init = [random_array(rng, (4, 3), "float32"), random_array(rng, (5,), "complex64")]
+    start = {"lr": 0.01, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.5}
+    opt = optax.inject_hyperparams(jrmsprop.rmsprop)(centered=True, **start)
+    params = [jnp.asarray(x) for x in init]
+    state = opt.init(params)
+    torch_params = [to_torch(x).requires_grad_(True) for x in init]
+    torch_opt = torch.optim.RMSprop(torch_params, centered=True, **start)
+    update = jax.jit(opt.update)
+    changes = {5: {"lr": 0.03}, 10: {"alpha": 0.9, "eps": 1e-3}, 15: {"weight_decay": 0.1},
+               20: {"momentum": 0.9}, 25: {"momentum": 0.0, "lr": 0.002}}
+    for k in range(30):
+        for name, value in changes.get(k, {}).items():
+            state.hyperparams[name] = jnp.asarray(value, state.hyperparams[name].dtype)
+            torch_opt.param_groups[0][name] = value
+        grads = [random_array(rng, x.shape, x.dtype.name) for x in init]
+        for tp, g in zip(torch_params, grads):
+            tp.grad = to_torch(g)
+        torch_opt.step()
+        updates, state = update([jnp.asarray(g) for g in grads], state, params)
+        params = optax.apply_updates(params, updates)
+    for p, tp in zip(params, torch_params):
+        torch.testing.assert_close(to_torch(np.asarray(p)), tp.detach())
+    assert update._cache_size() == 1, "changing hyperparameters must not recompile"
+
+
+def test_inject_hyperparams_lr_schedule():
+    opt = optax.inject_hyperparams(jrmsprop.rmsprop)(lr=optax.linear_schedule(0.1, 0.0, 10), momentum=0.9)
+    params = {"w": jnp.ones(3)}
+    state = opt.init(params)
+    lrs = []
+    for _ in range(3):
+        _, state = opt.update({"w": jnp.ones(3)}, state, params)
+        lrs.append(float(state.hyperparams["lr"]))  # the lr this update used
+    np.testing.assert_allclose(lrs, [0.1, 0.09, 0.08], rtol=1e-6)
