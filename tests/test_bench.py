@@ -1,0 +1,84 @@
+"""Smoke test of ``python -m jrmsprop.bench`` at toy sizes.
+
+Benchmarks measure, they do not assert timings: this checks that every
+implementation runs, that the outputs have their structure and finite
+values, and the memory properties of the compiled step (no temporary the
+size of a parameter; outputs alias the donated params and state).
+"""
+
+import json
+import math
+
+import pytest
+
+from jrmsprop import bench
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    doc = bench.main([
+        "--tiny", "--cases", "large,many-small", "--configs", "centered+momentum",
+        "--dtypes", "float32", "--repeats", "2", "--warmup", "0", "--sweep", "1",
+        "--no-progress", "--out", str(out),
+    ])
+    return doc, out
+
+
+def test_every_available_impl_runs_on_every_cell(tiny_run):
+    doc, _ = tiny_run
+    assert doc["errors"] == []
+    expected = [i for i in bench.IMPLS if i not in doc["meta"]["unavailable"]]
+    cells = {(r["case"], r["config"], r["dtype"]) for r in doc["results"]}
+    assert cells == {
+        ("large", "centered+momentum", "float32"),
+        ("many-small", "centered+momentum", "float32"),
+        ("sweep-1", "plain", "float32"),
+    }
+    for cell in cells:
+        impls = sorted(r["impl"] for r in doc["results"] if (r["case"], r["config"], r["dtype"]) == cell)
+        assert impls == sorted(expected), cell
+
+
+def test_records_are_finite_and_complete(tiny_run):
+    doc, _ = tiny_run
+    for r in doc["results"]:
+        for key in ("median_s", "p25_s", "p75_s", "first_step_s", "gbytes_per_s", "vs_roofline"):
+            assert math.isfinite(r[key]) and r[key] > 0, (r["impl"], key, r[key])
+        assert r["p25_s"] <= r["median_s"] <= r["p75_s"]
+        assert r["repeats"] == 2
+        assert r["finite"], f"{r['impl']} produced non-finite params"
+        reads, writes = bench._arrays_touched(bench.CONFIGS[r["config"]])
+        assert r["ideal_bytes"] == r["elements"] * 4 * (reads + writes)
+
+
+def test_jitted_steps_hold_no_param_sized_temporaries_and_alias_donated_buffers(tiny_run):
+    doc, _ = tiny_run
+    for r in doc["results"]:
+        if r["impl"] in ("jrmsprop", "jrmsprop-flat") and r["case"] in ("large", "sweep-1"):
+            mem = r["memory"]
+            assert mem["no_param_sized_temporaries"], mem
+            assert mem["outputs_alias_donated_inputs"], mem
+
+
+def test_json_table_and_plot_are_written(tiny_run, capsys):
+    doc, out = tiny_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["results"] == json.loads(json.dumps(doc["results"]))
+    assert set(on_disk["summary"]) >= {"ratios", "first_step_vs_leaves"}
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_has_the_target_ratios(tiny_run):
+    doc, _ = tiny_run
+    large = next(r for r in doc["summary"]["ratios"] if r["case"] == "large")
+    for key in ("jrmsprop/optax", "roofline/jrmsprop (bandwidth fraction)",
+                "torch-foreach/best jrmsprop"):
+        assert math.isfinite(large[key]) and large[key] > 0
+
+
+def test_unknown_names_are_refused():
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--impls", "jrmsprop,nope"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--cases", "huge"])
