@@ -44,8 +44,9 @@ def train_step(model: MLP, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array)
 
 def main(steps: int) -> None:
     key_x, key_noise = jax.random.split(jax.random.key(0))
-    x = jax.random.uniform(key_x, (256, 2), minval=-2.0, maxval=2.0)
-    y = jnp.sin(x[:, :1]) * jnp.cos(x[:, 1:]) + 0.01 * jax.random.normal(key_noise, (256, 1))
+    x = jax.random.uniform(key_x, (256, 2), jnp.float32, minval=-2.0, maxval=2.0)
+    noise = jax.random.normal(key_noise, (256, 1), jnp.float32)
+    y = jnp.sin(x[:, :1]) * jnp.cos(x[:, 1:]) + 0.01 * noise
 
     model = MLP(nnx.Rngs(0))
     # An RL-style recipe: momentum, centered, the large eps of IMPALA.

@@ -164,7 +164,7 @@ def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpr
                     f"from_torch_state_dict: {where}: the torch state has no "
                     f"'{key}' (it has {sorted(entry)}), which this configuration needs"
                 )
-            value = _to_numpy(entry[key])
+            value = np.array(_to_numpy(entry[key]))  # a copy: torch steps its tensors in place
             if tuple(value.shape) != tuple(leaf.shape):
                 raise ValueError(
                     f"from_torch_state_dict: shape mismatch at {where}: torch "

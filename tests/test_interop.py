@@ -2,9 +2,11 @@
 side after the move equals continuing where the run started."""
 
 import copy
+import importlib.util
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -242,3 +244,18 @@ def test_torch_is_imported_lazily_with_a_clear_message():
     ).stdout
     assert "ImportError: jrmsprop's torch interop needs PyTorch" in out
     assert "pip install torch" in out
+
+
+def test_migration_example_prints_equal_curves(capsys):
+    # In this process (torch and jax are already imported): the example's main().
+    path = Path(__file__).resolve().parents[1] / "examples" / "migrate_from_torch.py"
+    spec = importlib.util.spec_from_file_location("migrate_from_torch", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    example.main(before=20, after=30)  # raises if the curves differ
+    out = capsys.readouterr().out
+    assert "curves equal" in out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert len(rows) == 10
+    assert_close(np.array([float(r[2]) for r in rows]), np.array([float(r[1]) for r in rows]),
+                 rtol=0, atol=1.5e-6)  # printed to 6 decimals
