@@ -4,6 +4,9 @@ Params are a flat dict named as a torch module names its parameters; the same
 names index torch's parameters, so every comparison is by name.
 """
 
+import re
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -282,3 +285,16 @@ def test_apply_if_finite_skips_a_nan_step_with_params_and_state_intact():
 
     assert int(state.total_notfinite) == len(bad_steps)
     _assert_matches_torch(params, state.inner_state, torch_params, torch_opt)
+
+
+def test_readme_optax_block_runs():
+    """The README's ecosystem optax snippet is real code, not prose."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("<!-- section: ecosystem -->"):
+                     readme.index("<!-- end: ecosystem -->")]
+    block = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0]
+    namespace = {}
+    exec(compile(block, "README.md ecosystem block 0", "exec"), namespace)  # noqa: S102
+    params = {name: jnp.ones(shape) for name, shape in SHAPES.items() if name != "norm.bias"}
+    tx = namespace["tx"]  # the last transformation the block built initializes and steps
+    tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
