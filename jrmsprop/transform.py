@@ -111,27 +111,43 @@ def rmsprop_math(
     weight_decay: Scalar,
     momentum: Scalar,
     maximize: bool,
+    storage_dtype: Any = None,
 ) -> tuple[jax.Array, jax.Array, Optional[jax.Array], Optional[jax.Array]]:
     """One step of torch's RMSprop on one real parameter, in torch's order.
 
     ``grad_avg`` is ``None`` unless centered; ``momentum_buffer`` is ``None``
-    unless a momentum buffer is kept. Returns ``(update, square_avg,
-    grad_avg, momentum_buffer)`` where ``param + update`` is torch's new
-    parameter.
+    unless a momentum buffer is kept. ``storage_dtype`` is the dtype the
+    state is kept in when the math runs wider (float32 math for bfloat16
+    state): each new state buffer is rounded to it before the rest of the
+    step reads it, as torch reads it back from storage. Returns ``(update,
+    square_avg, grad_avg, momentum_buffer)`` where ``param + update`` is
+    torch's new parameter.
     """
+
+    def stored(x: jax.Array) -> jax.Array:
+        # The barrier makes XLA write each new state buffer once and read it
+        # back, instead of recomputing it from the old buffer in every later
+        # kernel: the old buffer is then dead when its donated memory is
+        # reused, so no copy of the state and no parameter-sized temporary.
+        if storage_dtype is None or x.dtype == storage_dtype:
+            return jax.lax.optimization_barrier(x)
+        return jax.lax.optimization_barrier(x.astype(storage_dtype)).astype(x.dtype)
+
     if maximize:
         grad = -grad
     if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
         grad = grad + weight_decay * param
     square_avg = square_avg * alpha + (1 - alpha) * grad * grad
     if grad_avg is not None:
-        grad_avg = _lerp(grad_avg, grad, 1 - alpha)
+        grad_avg = stored(_lerp(grad_avg, grad, 1 - alpha))
+        square_avg = stored(square_avg)
         avg = jnp.sqrt(square_avg - grad_avg * grad_avg)
     else:
+        square_avg = stored(square_avg)
         avg = jnp.sqrt(square_avg)
     avg = avg + eps
     if momentum_buffer is not None:
-        momentum_buffer = momentum_buffer * momentum + grad / avg
+        momentum_buffer = stored(momentum_buffer * momentum + grad / avg)
         update = -lr * momentum_buffer
     else:
         update = -lr * (grad / avg)
@@ -171,7 +187,7 @@ def _step_leaf(param, grad, square_avg, grad_avg, momentum_buffer, hyper, maximi
         )
 
     outs = [
-        rmsprop_math(p, g, s, a, m, maximize=maximize, **args)
+        rmsprop_math(p, g, s, a, m, maximize=maximize, storage_dtype=real_dtype, **args)
         for p, g, s, a, m in zip(
             parts(param),
             parts(grad),
