@@ -12,7 +12,7 @@ place.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -35,12 +35,16 @@ def _is_none(x: Any) -> bool:
     return x is None
 
 
-def _unit_update(params, grads, states, hyper, centered, maximize, use_momentum):
+def _unit_update(params, grads, states, hyper, centered, maximize, use_momentum, decay):
     """Steps a list of (param, grad, state) units with ONE ``rmsprop`` update.
 
     The hyperparameters are traced values, so changing them does not
-    recompile; the momentum buffer is handed to the math only when
-    ``use_momentum`` (torch's ``momentum > 0``), and left untouched otherwise.
+    recompile. Two of torch's branches are structural: the momentum buffer is
+    handed to the math only when ``use_momentum`` (torch's ``momentum > 0``)
+    and left untouched otherwise, and the weight-decay term exists only when
+    ``decay`` (torch's ``weight_decay != 0``). A traced decay of 0 would give
+    the same numbers but costs a full extra pass over memory on CPU: XLA
+    materializes ``g + weight_decay * p`` because two fusions read it.
     """
     lr, alpha, eps, weight_decay, momentum = (hyper[i] for i in range(5))
     # All five stay traced: without a buffer the math ignores ``momentum``.
@@ -48,7 +52,7 @@ def _unit_update(params, grads, states, hyper, centered, maximize, use_momentum)
         lr=lr,
         alpha=alpha,
         eps=eps,
-        weight_decay=weight_decay,
+        weight_decay=weight_decay if decay else 0.0,
         momentum=momentum,
         centered=centered,
         maximize=maximize,
@@ -99,7 +103,9 @@ def _group_positions(dtypes: list, foreach: bool) -> list[list[int]]:
     return list(groups.values())
 
 
-def _step_impl(params, gradients, states, hyper, *, centered, maximize, use_momentum, foreach):
+def _step_impl(
+    params, gradients, states, hyper, *, centered, maximize, use_momentum, decay, foreach
+):
     """The jitted step: new parameter leaves and new unit states.
 
     Runs under ``jax.jit``; everything below happens at trace time, once per
@@ -145,7 +151,7 @@ def _step_impl(params, gradients, states, hyper, *, centered, maximize, use_mome
         plans.append((u, members, (stepping, sizes, runs, full)))
 
     stepped_p, stepped_s = _unit_update(
-        unit_p, unit_g, unit_s, hyper, centered, maximize, use_momentum
+        unit_p, unit_g, unit_s, hyper, centered, maximize, use_momentum, decay
     )
     for (u, members, flat), p, s in zip(plans, stepped_p, stepped_s):
         if flat is None:
@@ -177,7 +183,7 @@ def _step_impl(params, gradients, states, hyper, *, centered, maximize, use_mome
 # Params (0) and state (2) are donated: a step holds one copy of each.
 _step_jit = jax.jit(
     _step_impl,
-    static_argnames=("centered", "maximize", "use_momentum", "foreach"),
+    static_argnames=("centered", "maximize", "use_momentum", "decay", "foreach"),
     donate_argnums=(0, 2),
 )
 
@@ -349,7 +355,7 @@ class FunctionalRMSprop:
                 at += math.prod(self._shapes[i])
         # Per unit: None until a member first gets a gradient, then
         # (square_avg, grad_avg | None, momentum_buffer | None).
-        self._states: list[Optional[tuple]] = [None] * len(self._units)
+        self._states: list[tuple | None] = [None] * len(self._units)
         # Host-side bookkeeping per position: RMSprop's math never reads
         # ``step``, so counting on the host costs the device nothing.
         self._steps = np.zeros(len(leaves), np.int64)
@@ -438,6 +444,7 @@ class FunctionalRMSprop:
             centered=bool(self.centered),
             maximize=bool(self.maximize),
             use_momentum=use_momentum,
+            decay=bool(hyper[3] != 0),
             foreach=bool(self.foreach),
         )
         # Nothing below can fail: the step is committed.
@@ -481,7 +488,7 @@ class FunctionalRMSprop:
 
     # ----------------------------------------------------------------- state
 
-    def _buffer(self, i: int, which: int) -> Optional[jax.Array]:
+    def _buffer(self, i: int, which: int) -> jax.Array | None:
         state = self._states[self._unit_of[i]]
         buf = None if state is None else state[which]
         if buf is None or len(self._units[self._unit_of[i]]) == 1:
@@ -583,7 +590,7 @@ class FunctionalRMSprop:
             has_momentum[i] = "momentum_buffer" in entry
             buffers[i] = [self._checked(index, i, key, entry.get(key)) for key in _BUFFERS]
 
-        states: list[Optional[tuple]] = []
+        states: list[tuple | None] = []
         for members in self._units:
             loaded = [buffers.get(i) for i in members]
             if all(b is None for b in loaded):
@@ -617,7 +624,7 @@ class FunctionalRMSprop:
         self._has_state = has_state
         self._has_momentum = has_momentum
 
-    def _checked(self, index: Any, i: int, key: str, value: Any) -> Optional[np.ndarray]:
+    def _checked(self, index: Any, i: int, key: str, value: Any) -> np.ndarray | None:
         if value is None:
             return None
         array = _to_numpy(value)

@@ -1,0 +1,542 @@
+"""FunctionalRMSprop against torch's scripted ``_FunctionalRMSprop``, step by step.
+
+Every comparison runs the real torch class on the same gradients. To keep the
+suite fast, one optimizer holds parameters of all four dtypes (one jitted
+call per step) and each run draws its ``None`` patterns from a few fixed ones
+(one compile per pattern).
+"""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from jrmsprop import FunctionalRMSprop
+
+with warnings.catch_warnings():
+    # torch deprecates TorchScript optimizers; the class is still the reference.
+    warnings.simplefilter("ignore")
+    from torch.distributed.optim.functional_rmsprop import _FunctionalRMSprop
+
+# torch's RMSprop test grid, plus momentum alone, the RL eps and alpha=0.9.
+GRID = [
+    {},
+    {"lr": 1e-3},
+    {"weight_decay": 0.1},
+    {"maximize": True},
+    {"centered": True, "weight_decay": 0.1},
+    {"maximize": True, "weight_decay": 0.1},
+    {"centered": True, "weight_decay": 0.1, "momentum": 0.1},
+    {"maximize": True, "centered": True, "weight_decay": 0.1, "momentum": 0.1},
+    {"momentum": 0.9},
+    {"eps": 0.01},
+    {"alpha": 0.9},
+]
+# Parameters of every dtype; the last one never receives a gradient.
+SPECS = [
+    ((3, 2), np.float32),
+    ((4,), np.float64),
+    ((2, 3), np.complex64),
+    ((3,), np.complex128),
+    ((5,), np.float32),
+    ((2,), np.float64),
+]
+NEVER = len(SPECS) - 1
+
+
+# The scripted class warns on every construction that TorchScript is deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore:`TorchScript` support:DeprecationWarning")
+
+
+def _new_torch_rmsprop(params, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _FunctionalRMSprop(params, **kwargs)
+
+
+def _draw(rng: np.random.Generator, shape, dtype) -> np.ndarray:
+    x = rng.standard_normal(shape)
+    if np.issubdtype(dtype, np.complexfloating):
+        x = x + 1j * rng.standard_normal(shape)
+    return x.astype(dtype)
+
+
+def _pair(rng, specs=SPECS, **kwargs):
+    """The same initial parameters in torch and in jrmsprop, and both optimizers."""
+    init = [_draw(rng, shape, dtype) for shape, dtype in specs]
+    torch_params = [torch.tensor(x) for x in init]
+    jax_params = [jnp.asarray(x) for x in init]
+    foreach = kwargs.pop("foreach", False)
+    return (
+        torch_params,
+        _new_torch_rmsprop(torch_params, **kwargs),
+        jax_params,
+        FunctionalRMSprop(jax_params, foreach=foreach, **kwargs),
+    )
+
+
+def _both_step(rng, mask, torch_opt, jax_opt, specs=SPECS):
+    grads = [_draw(rng, shape, dtype) if m else None for (shape, dtype), m in zip(specs, mask)]
+    torch_opt.step([None if g is None else torch.tensor(g) for g in grads])
+    jax_opt.step([None if g is None else jnp.asarray(g) for g in grads])
+
+
+def _as_torch(x) -> torch.Tensor:
+    return torch.from_numpy(np.array(x))
+
+
+def assert_same(torch_params, torch_opt, jax_params, jax_opt):
+    """Params and every state entry (keys included) match at assert_close defaults."""
+    for i, (tp, jp) in enumerate(zip(torch_params, jax_params)):
+        torch.testing.assert_close(_as_torch(jp), tp, msg=lambda m, i=i: f"param {i}: {m}")
+    jax_state = jax_opt.state
+    torch_state = {
+        i: torch_opt.state[p] for i, p in enumerate(torch_params) if p in torch_opt.state
+    }
+    assert set(jax_state) == set(torch_state)
+    for i, entry in torch_state.items():
+        assert set(jax_state[i]) == set(entry), (i, set(jax_state[i]), set(entry))
+        for key, value in entry.items():
+            mine = _as_torch(jax_state[i][key])
+            if key == "step":
+                mine = mine.to(value.dtype)  # torch counts steps in a float tensor
+            torch.testing.assert_close(mine, value, msg=lambda m, k=key, i=i: f"{i}/{k}: {m}")
+
+
+def _patterns(rng, n=3):
+    """A few random None patterns (one compile each); the last param never steps."""
+    out = [[True] * len(SPECS)]
+    for _ in range(n - 1):
+        out.append(list(rng.random(len(SPECS)) < 0.6))
+    for mask in out:
+        mask[NEVER] = False
+    return out
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+@pytest.mark.parametrize("config", GRID, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_matches_scripted_torch_on_its_grid(config, foreach):
+    rng = np.random.default_rng(zlib.crc32(repr((config, foreach)).encode()))
+    torch_params, torch_opt, jax_params, jax_opt = _pair(rng, foreach=foreach, **config)
+    patterns = _patterns(rng)
+    for step in range(50):
+        mask = patterns[rng.integers(len(patterns))]
+        _both_step(rng, mask, torch_opt, jax_opt)
+        if step % 10 == 9:
+            assert_same(torch_params, torch_opt, jax_params, jax_opt)
+    assert NEVER not in jax_opt.state
+    assert len(jax_opt.state) == NEVER
+
+
+def test_hand_written_lr_schedule_matches_torch():
+    rng = np.random.default_rng(7)
+    torch_params, torch_opt, jax_params, jax_opt = _pair(rng, momentum=0.5, centered=True)
+    for step in range(50):
+        lr = 0.01 * 0.95**step
+        torch_opt.defaults["lr"] = lr
+        jax_opt.defaults["lr"] = lr
+        _both_step(rng, [True] * NEVER + [False], torch_opt, jax_opt)
+    assert_same(torch_params, torch_opt, jax_params, jax_opt)
+
+
+def _param_leaves(opt):
+    return [np.array(x) for x in jax.tree.leaves(opt.param_group["params"])]
+
+
+def test_foreach_equals_loop():
+    rng = np.random.default_rng(3)
+    init = [_draw(rng, shape, dtype) for shape, dtype in SPECS]
+    config = {"centered": True, "momentum": 0.3, "weight_decay": 0.05, "maximize": True}
+    loop = FunctionalRMSprop([jnp.asarray(x) for x in init], **config)
+    fused = FunctionalRMSprop([jnp.asarray(x) for x in init], foreach=True, **config)
+    for mask in _patterns(rng, 4) * 5:
+        grads = [jnp.asarray(_draw(rng, s, d)) if m else None for (s, d), m in zip(SPECS, mask)]
+        loop.step(grads)
+        fused.step(grads)
+    for a, b in zip(_param_leaves(loop), _param_leaves(fused)):
+        np.testing.assert_array_equal(a, b)
+    assert loop.state.keys() == fused.state.keys()
+    for i, entry in loop.state.items():
+        assert entry.keys() == fused.state[i].keys()
+        for key in entry:
+            np.testing.assert_array_equal(np.array(entry[key]), np.array(fused.state[i][key]))
+
+
+class _CompileCounter:
+    """Counts XLA backend compilations (the event jax 0.10.2 records per compile)."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, event, duration, **kwargs):
+        if event == self.EVENT:
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_changing_defaults_never_recompiles(foreach):
+    rng = np.random.default_rng(11)
+    specs = SPECS[:3]
+    params = [jnp.asarray(_draw(rng, s, d)) for s, d in specs]
+    opt = FunctionalRMSprop(params, weight_decay=0.1, momentum=0.5, foreach=foreach)
+    grads = [jnp.asarray(_draw(rng, s, d)) for s, d in specs]
+    with _CompileCounter() as first:
+        opt.step(grads)
+    assert first.count >= 1  # the listener sees compiles: the zero below means something
+    with _CompileCounter() as counter:
+        for k in range(6):
+            opt.defaults.update(
+                lr=1e-3 * (k + 1),
+                alpha=0.9 + 0.01 * k,
+                eps=10.0 ** -(k + 3),
+                weight_decay=0.05 * (k + 1),
+                momentum=0.1 * (k + 1),
+            )
+            opt.step(grads)
+        jax.block_until_ready(opt.param_group["params"])
+    assert counter.count == 0
+
+
+def test_state_is_donated_and_params_replaced():
+    params = [jnp.ones(3), jnp.ones(2)]
+    opt = FunctionalRMSprop(params, momentum=0.9)
+    opt.step([jnp.ones(3), jnp.ones(2)])
+    old_param = params[0]
+    old_state = opt._states[0]
+    grad = jnp.full(3, 2.0)
+    opt.step([grad, None])
+    assert all(buf.is_deleted() for buf in old_state if buf is not None)
+    assert old_param.is_deleted()  # documented: params are donated too
+    assert not grad.is_deleted()
+    assert not params[0].is_deleted()
+    assert opt.param_group["params"] is params
+
+
+def test_pytree_params_dict_updated_in_place_tuple_rebound():
+    rng = np.random.default_rng(5)
+    values = [_draw(rng, s, d) for s, d in SPECS[:3]]
+    grads = [[_draw(rng, s, d) for s, d in SPECS[:3]] for _ in range(4)]
+    as_list = [jnp.asarray(v) for v in values]
+    reference = FunctionalRMSprop(as_list, centered=True)
+    tree = {"b": jnp.asarray(values[1]), "net": {"w": [jnp.asarray(values[0])]}}
+    inner = tree["net"]["w"]
+    as_dict = FunctionalRMSprop(tree, centered=True)
+    as_tuple = FunctionalRMSprop(tuple(jnp.asarray(v) for v in values), centered=True)
+    for g in grads:
+        reference.step([jnp.asarray(x) for x in g])
+        as_dict.step({"b": jnp.asarray(g[1]), "net": {"w": [jnp.asarray(g[0])]}})
+        as_tuple.step(tuple(jnp.asarray(x) for x in g))
+    assert as_dict.param_group["params"] is tree and tree["net"]["w"] is inner
+    np.testing.assert_array_equal(np.array(tree["net"]["w"][0]), np.array(as_list[0]))
+    np.testing.assert_array_equal(np.array(tree["b"]), np.array(as_list[1]))
+    assert isinstance(as_tuple.param_group["params"], tuple)
+    for a, b in zip(as_tuple.param_group["params"], as_list):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    # Positions follow jax.tree.leaves: "b" sorts before "net".
+    np.testing.assert_array_equal(
+        np.array(as_dict.state[0]["grad_avg"]), np.array(reference.state[1]["grad_avg"])
+    )
+
+
+def test_seed_errors_word_for_word():
+    with pytest.raises(ValueError) as torch_error:
+        _new_torch_rmsprop([])
+    with pytest.raises(ValueError) as mine:
+        FunctionalRMSprop([])
+    assert str(mine.value) == str(torch_error.value) == "optimizer got an empty parameter list"
+    assert FunctionalRMSprop([], _allow_empty_param_list=True).param_group["params"] == []
+
+    torch_opt = _new_torch_rmsprop([torch.ones(2), torch.ones(3)])
+    with pytest.raises(ValueError) as torch_error:
+        torch_opt.step([torch.ones(2)])
+    opt = FunctionalRMSprop([jnp.ones(2), jnp.ones(3)])
+    with pytest.raises(ValueError) as mine:
+        opt.step([jnp.ones(2)])
+    assert str(mine.value) == str(torch_error.value)
+    assert "Params length: 2. Gradients length: 1" in str(mine.value)
+
+
+def _snapshot(opt):
+    state = opt.state_dict()
+    return _param_leaves(opt), state
+
+
+def _assert_unchanged(opt, before):
+    params, state = _snapshot(opt)
+    for a, b in zip(params, before[0]):
+        np.testing.assert_array_equal(a, b)
+    assert state["state"].keys() == before[1]["state"].keys()
+    for i, entry in state["state"].items():
+        assert entry.keys() == before[1]["state"][i].keys()
+        for key in entry:
+            np.testing.assert_array_equal(entry[key], before[1]["state"][i][key])
+    assert state["param_groups"] == before[1]["param_groups"]
+
+
+BAD_STEPS = [
+    ("length", lambda g: g[:-1], ValueError, "does not equal to the size"),
+    (
+        "shape",
+        lambda g: [jnp.ones((2, 3), g[0].dtype)] + g[1:],
+        ValueError,
+        r"shape mismatch at \[0\]",
+    ),
+    ("dtype", lambda g: [g[0].astype(jnp.float64)] + g[1:], TypeError, r"dtype mismatch at \[0\]"),
+    ("python float", lambda g: g[:1] + [0.5] + g[2:], TypeError, "not an array"),
+    ("string", lambda g: g[:1] + ["grad"] + g[2:], TypeError, "not an array"),
+    ("structure", lambda g: {"a": g[0]}, ValueError, "structure of the gradients"),
+]
+BAD_DEFAULTS = [
+    ("lr", float("nan"), "Invalid learning rate: nan"),
+    ("lr", -1.0, "Invalid learning rate: -1.0"),
+    ("eps", -1e-8, "Invalid epsilon value: -1e-08"),
+    ("alpha", float("nan"), "Invalid alpha value: nan"),
+    ("weight_decay", -0.1, "Invalid weight_decay value: -0.1"),
+    ("momentum", -0.5, "Invalid momentum value: -0.5"),
+]
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_failed_step_changes_nothing_and_optimizer_stays_usable(foreach):
+    rng = np.random.default_rng(9)
+    specs = [((3,), np.float32), ((2,), np.float32), ((2,), np.complex64)]
+    init = [_draw(rng, s, d) for s, d in specs]
+    config = {"momentum": 0.5, "centered": True, "foreach": foreach}
+    opt = FunctionalRMSprop([jnp.asarray(x) for x in init], **config)
+    twin = FunctionalRMSprop([jnp.asarray(x) for x in init], **config)
+
+    def grads():
+        return [jnp.asarray(_draw(rng, s, d)) for s, d in specs]
+
+    g = grads()
+    opt.step([g[0], None, g[2]])
+    twin.step([g[0], None, g[2]])
+    for name, corrupt, error, match in BAD_STEPS:
+        before = _snapshot(opt)
+        with pytest.raises(error, match=match):
+            opt.step(corrupt(grads()))
+        _assert_unchanged(opt, before)
+    for name, value, message in BAD_DEFAULTS:
+        before = _snapshot(opt)
+        saved = opt.defaults[name]
+        opt.defaults[name] = value
+        with pytest.raises(ValueError) as raised:
+            opt.step(grads())
+        assert str(raised.value) == message
+        opt.defaults[name] = saved
+        _assert_unchanged(opt, before)
+    # A parameter whose state was created with momentum=0 cannot take momentum.
+    plain = FunctionalRMSprop([jnp.ones(2)], foreach=foreach)
+    plain.step([jnp.ones(2)])
+    plain.defaults["momentum"] = 0.9
+    before = _snapshot(plain)
+    with pytest.raises(ValueError, match="needs a momentum_buffer for parameter 0"):
+        plain.step([jnp.ones(2)])
+    _assert_unchanged(plain, before)
+    # Still usable, and exactly where a twin that saw no errors is.
+    for _ in range(3):
+        g = grads()
+        opt.step(g)
+        twin.step(g)
+    for a, b in zip(_param_leaves(opt), _param_leaves(twin)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="Invalid learning rate: -0.1"):
+        FunctionalRMSprop([jnp.ones(2)], lr=-0.1)
+    with pytest.raises(TypeError, match=r"params leaf \[1\] is int32\[2\]"):
+        FunctionalRMSprop([jnp.ones(2), jnp.ones(2, jnp.int32)])
+
+
+def _torch_rmsprop_with_grads(torch_params, grads, **config):
+    opt = torch.optim.RMSprop(torch_params, **config)
+    for g in grads:
+        for p, x in zip(torch_params, g):
+            p.grad = None if x is None else torch.tensor(x)
+        opt.step()
+    return opt
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_loads_torch_state_dict_and_continues_as_torch(foreach):
+    rng = np.random.default_rng(13)
+    specs = SPECS
+    config = {"lr": 0.02, "momentum": 0.3, "centered": True, "weight_decay": 0.01}
+
+    def draw_grads():
+        return [_draw(rng, s, d) for s, d in specs[:NEVER]] + [None]
+
+    init = [_draw(rng, s, d) for s, d in specs]
+    torch_params = [torch.tensor(x, requires_grad=True) for x in init]
+    torch_opt = _torch_rmsprop_with_grads(torch_params, [draw_grads() for _ in range(5)], **config)
+    saved = torch_opt.state_dict()
+
+    params = [jnp.asarray(p.detach().numpy()) for p in torch_params]
+    opt = FunctionalRMSprop(params, foreach=foreach)  # hyperparameters come from the dict
+    opt.load_state_dict(saved)
+    assert opt.defaults["lr"] == 0.02 and opt.centered and opt.defaults["momentum"] == 0.3
+    assert sorted(opt.state) == list(range(NEVER))
+
+    for _ in range(10):
+        g = draw_grads()
+        for p, x in zip(torch_params, g):
+            p.grad = None if x is None else torch.tensor(x)
+        torch_opt.step()
+        opt.step([None if x is None else jnp.asarray(x) for x in g])
+    for tp, jp in zip(torch_params, params):
+        torch.testing.assert_close(_as_torch(jp), tp.detach())
+    theirs = torch_opt.state_dict()["state"]
+    mine = opt.state_dict()["state"]
+    assert mine.keys() == theirs.keys()
+    for i in theirs:
+        assert mine[i].keys() == theirs[i].keys()
+        for key, value in theirs[i].items():
+            torch.testing.assert_close(torch.from_numpy(mine[i][key]), value)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_state_dict_round_trip_in_torch_layout(foreach):
+    rng = np.random.default_rng(17)
+    init = [_draw(rng, s, d) for s, d in SPECS]
+    opt = FunctionalRMSprop([jnp.asarray(x) for x in init], momentum=0.2, foreach=foreach)
+    for mask in _patterns(rng):
+        opt.step([jnp.asarray(_draw(rng, s, d)) if m else None for (s, d), m in zip(SPECS, mask)])
+    saved = opt.state_dict()
+    group = saved["param_groups"][0]
+    assert group["params"] == list(range(len(SPECS)))
+    assert {k: group[k] for k in ("lr", "alpha", "eps", "weight_decay", "momentum")} == (
+        opt.defaults
+    )
+    assert NEVER not in saved["state"]
+    for entry in saved["state"].values():
+        assert list(entry) == ["step", "square_avg", "momentum_buffer"]
+        assert all(isinstance(v, np.ndarray) for v in entry.values())
+        assert entry["step"].dtype == np.float32 and entry["step"].shape == ()
+
+    copy = FunctionalRMSprop(_param_leaves(opt), foreach=not foreach)
+    copy.load_state_dict(saved)
+    grads = [jnp.asarray(_draw(rng, s, d)) for s, d in SPECS]
+    opt.step(grads)
+    copy.step(grads)
+    for a, b in zip(_param_leaves(opt), _param_leaves(copy)):
+        np.testing.assert_array_equal(a, b)
+
+    # torch.optim.RMSprop loads it (as tensors) and continues as we do.
+    torch_params = [torch.tensor(x) for x in _param_leaves(copy)]
+    torch_opt = torch.optim.RMSprop(torch_params)
+    as_tensors = {
+        "state": {
+            i: {k: torch.from_numpy(v) for k, v in e.items()}
+            for i, e in copy.state_dict()["state"].items()
+        },
+        "param_groups": copy.state_dict()["param_groups"],
+    }
+    torch_opt.load_state_dict(as_tensors)
+    grads = [_draw(rng, s, d) for s, d in SPECS]
+    for p, g in zip(torch_params, grads):
+        p.grad = torch.tensor(g)
+    torch_opt.step()
+    copy.step([jnp.asarray(g) for g in grads])
+    for tp, jp in zip(torch_params, _param_leaves(copy)):
+        torch.testing.assert_close(torch.from_numpy(jp), tp)
+
+
+def test_bad_state_dict_changes_nothing():
+    opt = FunctionalRMSprop([jnp.ones(3), jnp.ones(2)], centered=True)
+    opt.step([jnp.ones(3), None])
+    good = opt.state_dict()
+    before = _snapshot(opt)
+    wrong_size = {**good, "param_groups": [{**good["param_groups"][0], "params": [0]}]}
+    with pytest.raises(ValueError, match="doesn't match the size"):
+        opt.load_state_dict(wrong_size)
+    wrong_shape = {
+        "state": {0: {**good["state"][0], "square_avg": np.zeros(4)}},
+        "param_groups": good["param_groups"],
+    }
+    with pytest.raises(ValueError, match="has shape"):
+        opt.load_state_dict(wrong_shape)
+    no_grad_avg = {
+        "state": {0: {k: v for k, v in good["state"][0].items() if k != "grad_avg"}},
+        "param_groups": good["param_groups"],
+    }
+    with pytest.raises(ValueError, match="lacks a grad_avg"):
+        opt.load_state_dict(no_grad_avg)
+    _assert_unchanged(opt, before)
+
+
+def test_repr_shows_hyperparameters_and_state_size():
+    opt = FunctionalRMSprop([jnp.ones((10, 10), jnp.float32), jnp.ones(5)], lr=0.05, centered=True)
+    assert "lr=0.05" in repr(opt) and "2 params" in repr(opt) and "state 0 B" in repr(opt)
+    opt.step([jnp.ones((10, 10), jnp.float32), None])
+    # square_avg and grad_avg of the stepped float32 param: 2 * 100 * 4 bytes.
+    assert "1 with state, state 800 B" in repr(opt)
+
+
+class AgainstScriptedTorch(RuleBasedStateMachine):
+    """Interleaved steps, ``defaults`` changes and ``None`` patterns, on both."""
+
+    SPECS = (((3,), np.float32), ((2, 2), np.float64), ((2,), np.complex64))
+
+    @initialize(
+        centered=st.booleans(),
+        maximize=st.booleans(),
+        momentum=st.sampled_from([0.0, 0.5]),
+        foreach=st.booleans(),
+        seed=st.integers(0, 2**16),
+    )
+    def build(self, centered, maximize, momentum, foreach, seed):
+        self.rng = np.random.default_rng(seed)
+        self.had_momentum = momentum > 0
+        config = {"centered": centered, "maximize": maximize, "momentum": momentum}
+        self.torch_params, self.torch_opt, self.jax_params, self.jax_opt = _pair(
+            self.rng, self.SPECS, foreach=foreach, **config
+        )
+
+    @rule(mask=st.lists(st.booleans(), min_size=3, max_size=3))
+    def step(self, mask):
+        _both_step(self.rng, mask, self.torch_opt, self.jax_opt, self.SPECS)
+
+    @rule(
+        name=st.sampled_from(["lr", "alpha", "eps", "weight_decay", "momentum"]),
+        value=st.sampled_from([0.0, 1e-3, 0.05, 0.3, 0.9]),
+    )
+    def set_default(self, name, value):
+        if name == "momentum" and not self.had_momentum:
+            return  # torch raises a KeyError for a buffer it never created
+        if name in ("lr", "alpha") and value == 0.0:
+            value = 0.5
+        self.torch_opt.defaults[name] = value
+        self.jax_opt.defaults[name] = value
+
+    @invariant()
+    def same(self):
+        if hasattr(self, "jax_opt"):
+            assert_same(self.torch_params, self.torch_opt, self.jax_params, self.jax_opt)
+
+
+AgainstScriptedTorch.TestCase.settings = settings(
+    max_examples=8,
+    stateful_step_count=10,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_interleaved_steps_and_defaults_match_torch = AgainstScriptedTorch.TestCase
