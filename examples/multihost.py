@@ -1,0 +1,178 @@
+"""The same data-parallel jrmsprop program on 1 host or N hosts (jax.distributed).
+
+On a cluster, start this file once per host (or per GPU/process), as the
+launcher does; ``jax.distributed.initialize()`` reads the process count, the
+process id and the coordinator from the cluster's environment (Slurm, Open
+MPI, Kubernetes/JobSet, Cloud TPU):
+
+  srun --nodes=2 --ntasks-per-node=1 python examples/multihost.py
+
+Anywhere else, name them:
+
+  python examples/multihost.py --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 0
+  python examples/multihost.py --coordinator 10.0.0.1:1234 --num-processes 2 --process-id 1
+
+On one machine, try it with N local CPU processes talking gloo over 127.0.0.1:
+
+  python examples/multihost.py --spawn 2
+
+Every process feeds only its own slice of the global batch; params and
+optimizer state live on the global mesh (``--zero`` splits the optimizer state
+over all devices of all hosts). At the end the processes compare a checksum of
+their params: they must agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jrmsprop
+
+GLOBAL_BATCH = 256
+
+
+def loss_fn(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
+    h = jnp.tanh(x @ params["w1"] + params["b1"])
+    return jnp.mean((h @ params["w2"] + params["b2"] - y) ** 2)
+
+
+def host_data(process: int, processes: int) -> tuple[np.ndarray, np.ndarray]:
+    """This process's rows of the global batch (a real loader reads its own shard)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(GLOBAL_BATCH, 16)).astype(np.float32)
+    y = np.sin(x.sum(axis=1, keepdims=True))
+    rows = slice(process * GLOBAL_BATCH // processes, (process + 1) * GLOBAL_BATCH // processes)
+    return x[rows], y[rows]
+
+
+def train(args: argparse.Namespace) -> None:
+    # CPU collectives across processes need gloo; GPUs use NCCL and TPUs their
+    # interconnect whatever this says.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if args.coordinator:
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    else:
+        jax.distributed.initialize()  # reads the cluster environment
+    me, processes = jax.process_index(), jax.process_count()
+    mesh = jax.make_mesh((jax.device_count(),), ("batch",), axis_types=(AxisType.Auto,))
+    if GLOBAL_BATCH % jax.device_count():
+        raise SystemExit(f"batch {GLOBAL_BATCH} does not split over {jax.device_count()} devices")
+    replicated, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P("batch"))
+
+    # The same initial params on every process (same seed), placed on the global mesh.
+    rng = np.random.default_rng(1)
+    params = {
+        "w1": rng.normal(size=(16, 64)).astype(np.float32) / 4,
+        "b1": np.zeros(64, np.float32),
+        "w2": rng.normal(size=(64, 1)).astype(np.float32) / 8,
+        "b2": np.zeros(1, np.float32),
+    }
+    params = jax.tree.map(lambda a: jax.make_array_from_process_local_data(replicated, a), params)
+    x, y = host_data(me, processes)
+    x = jax.make_array_from_process_local_data(rows, x)
+    y = jax.make_array_from_process_local_data(rows, y)
+
+    opt = jrmsprop.rmsprop(lr=1e-3, momentum=0.9)
+    state = jax.jit(opt.init)(params)
+    if args.zero:
+        state = jrmsprop.shard_state(state, mesh, "batch")
+    layout = (
+        jax.tree.map(lambda a: a.sharding, params),
+        jax.tree.map(lambda a: a.sharding, state),
+    )
+
+    def step(params, state, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    step = jax.jit(step, out_shardings=(*layout, replicated))
+    for i in range(args.steps):
+        params, state, loss = step(params, state, x, y)
+        # Reading the loss every step also bounds how far the host runs ahead
+        # of the devices (which matters with several CPU devices per process).
+        loss = float(loss)
+        if me == 0 and (i % 10 == 0 or i == args.steps - 1):
+            print(f"step {i:4d}  loss {loss:.6f}", flush=True)
+
+    checksum = np.float64(sum(float(jnp.sum(a)) for a in jax.tree.leaves(params)))
+    every = multihost_utils.process_allgather(checksum)
+    assert np.all(every == every[0]), f"params differ across processes: {every}"
+    if me == 0:
+        state_bytes = jrmsprop.bytes_per_device(state)
+        print(
+            f"{processes} processes, {jax.device_count()} devices: params agree "
+            f"(checksum {every[0]:.6f}); optimizer state per device: "
+            f"{sorted(set(state_bytes.values()))} bytes",
+            flush=True,
+        )
+    jax.distributed.shutdown()
+
+
+def spawn(n: int, argv: list[str], timeout_s: float = 300.0) -> int:
+    """Starts n local processes of this script over 127.0.0.1; bounded, nothing left behind."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = []
+    try:
+        for rank in range(n):
+            cmd = [sys.executable, __file__, "--coordinator", f"127.0.0.1:{port}"]
+            cmd += ["--num-processes", str(n), "--process-id", str(rank), *argv]
+            procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end and any(p.poll() is None for p in procs):
+            if any(p.poll() not in (None, 0) for p in procs):
+                end = min(end, time.monotonic() + 10)  # peers of a failed process would wait
+            time.sleep(0.1)
+        if any(p.poll() is None for p in procs):
+            print(f"stopping: not done after the deadline ({timeout_s:.0f} s)", file=sys.stderr)
+            for p in procs:  # jax.distributed catches SIGTERM, so SIGKILL follows
+                os.killpg(p.pid, signal.SIGTERM)
+            time.sleep(5)
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+    return max(abs(p.returncode) for p in procs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--coordinator", help="host:port of process 0 (default: from the cluster)")
+    parser.add_argument("--num-processes", type=int)
+    parser.add_argument("--process-id", type=int)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--zero", action="store_true", help="shard the optimizer state (ZeRO-1)")
+    parser.add_argument("--spawn", type=int, metavar="N", help="run N local CPU processes")
+    args = parser.parse_args()
+    if args.spawn:
+        passthrough = ["--steps", str(args.steps)] + (["--zero"] if args.zero else [])
+        sys.exit(spawn(args.spawn, passthrough))
+    train(args)
+
+
+if __name__ == "__main__":
+    main()
