@@ -603,7 +603,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--configs", type=csv, default=list(CONFIGS), help="comma list: plain,centered+momentum")
     p.add_argument("--dtypes", type=csv, default=list(DTYPES), help="comma list: float32,bfloat16")
     p.add_argument("--impls", type=csv, default=list(IMPLS), help=f"comma list of {','.join(IMPLS)}")
-    p.add_argument("--repeats", type=int, default=None, help="timed steps per impl (default 30, tiny 3)")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps per impl (default 20, tiny 3)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
     p.add_argument("--sweep", type=lambda s: [int(x) for x in csv(s)], default=None,
                    help="leaf counts of the plot's sweep (default 1,10,100,1000,10000; tiny 1,4,20)")
@@ -626,7 +626,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         bad = [x for x in chosen if x not in allowed]
         if bad:
             p.error(f"unknown {name} {', '.join(bad)}; choose from {', '.join(allowed)}")
-    args.repeats = args.repeats or (3 if args.tiny else 30)
+    args.repeats = args.repeats or (3 if args.tiny else 20)
     args.sweep = args.sweep if args.sweep is not None else ([1, 4, 20] if args.tiny else [1, 10, 100, 1000, 10000])
     args.sweep_elements = args.sweep_elements or (200 if args.tiny else 10_000_000)
     if args.full:

@@ -82,3 +82,33 @@ def test_unknown_names_are_refused():
         bench.parse_args(["--impls", "jrmsprop,nope"])
     with pytest.raises(SystemExit):
         bench.parse_args(["--cases", "huge"])
+
+
+def test_flat_layout_steps_like_the_per_leaf_pytree():
+    """The README's opt-in flat layout: one raveled buffer gives the same
+    params and state as the per-leaf pytree (the math is elementwise)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from jax.flatten_util import ravel_pytree
+
+    import jrmsprop
+
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32),
+              "b": jnp.asarray(rng.standard_normal(4), jnp.float32)}
+    opt = jrmsprop.rmsprop(lr=1e-2, momentum=0.9, centered=True, weight_decay=0.1)
+    flat, unravel = ravel_pytree(params)
+    state, flat_state = opt.init(params), opt.init(flat)
+    for _ in range(5):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+        updates, state = opt.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        flat_updates, flat_state = opt.update(ravel_pytree(grads)[0], flat_state, flat)
+        flat = optax.apply_updates(flat, flat_updates)
+    for name, leaf in unravel(flat).items():
+        np.testing.assert_allclose(leaf, params[name], rtol=1e-6, atol=1e-7)
+    for field in ("square_avg", "grad_avg", "momentum_buffer"):
+        np.testing.assert_allclose(getattr(flat_state, field),
+                                   ravel_pytree(getattr(state, field))[0], rtol=1e-6, atol=1e-7)
