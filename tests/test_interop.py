@@ -154,6 +154,22 @@ def test_round_trip_is_bit_exact():
     assert all(jax.tree.leaves(chex_equal))
 
 
+def test_inject_hyperparams_state_exports_its_current_values():
+    """inject_hyperparams' state.hyperparams (arrays) is what torch's group holds."""
+    params0, grads = _data(np.float32, seed=3)
+    params = [jnp.asarray(p) for p in params0]
+    opt = optax.inject_hyperparams(jrmsprop.rmsprop)(lr=0.1, momentum=0.9)
+    state = opt.init(params)
+    state.hyperparams["lr"] = jnp.asarray(0.025, state.hyperparams["lr"].dtype)
+    step = [None if g is None else jnp.asarray(g) for g in grads[BEFORE]]
+    assert step[1] is None
+    _, state = opt.update(step, state, params)
+    state_dict = jrmsprop.to_torch_state_dict(state.hyperparams, state.inner_state)
+    group = state_dict["param_groups"][0]
+    assert group["lr"] == pytest.approx(0.025) and group["momentum"] == pytest.approx(0.9)
+    assert sorted(state_dict["state"]) == [0, 2]  # parameter 1 has not been stepped yet
+
+
 def test_bfloat16_moves_bit_exact():
     params = [jnp.asarray(np.linspace(-1, 1, 6), jnp.bfloat16)]
     opt = jrmsprop.rmsprop(momentum=0.5)
