@@ -126,6 +126,16 @@ def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpr
     Raises:
       ValueError: the number of parameters, a shape, a dtype or a state entry does
         not match; the message names torch's side and the JAX side.
+
+    Example::
+
+      >>> import jax.numpy as jnp, torch, jrmsprop
+      >>> model = torch.nn.Linear(3, 2)
+      >>> opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, momentum=0.9)
+      >>> model(torch.ones(4, 3)).sum().backward(); opt.step()
+      >>> params = [jnp.asarray(p.detach().numpy()) for p in model.parameters()]
+      >>> hyperparams, state = jrmsprop.from_torch_state_dict(opt.state_dict(), params)
+      >>> tx = jrmsprop.rmsprop(**hyperparams)  # continue with tx.update(grads, state, params)
     """
     group = _single_group(state_dict)
     hyperparams = {key: _number(group[key]) for key in _FLOAT_KEYS}
@@ -215,6 +225,16 @@ def to_torch_state_dict(hyperparams: Mapping, state: RMSpropState) -> dict:
     Returns:
       ``{"state": {i: {"step", "square_avg", "momentum_buffer"?, "grad_avg"?}},
       "param_groups": [{...}]}`` with torch tensors.
+
+    Example::
+
+      >>> import jax.numpy as jnp, torch, jrmsprop
+      >>> params = [jnp.ones((2, 3)), jnp.zeros(2)]
+      >>> hyperparams = {"lr": 1e-3, "momentum": 0.9}
+      >>> state = jrmsprop.rmsprop(**hyperparams).init(params)
+      >>> model = torch.nn.Linear(3, 2)  # parameters() in the same order: weight, bias
+      >>> opt = torch.optim.RMSprop(model.parameters())
+      >>> opt.load_state_dict(jrmsprop.to_torch_state_dict(hyperparams, state))
 
     Raises:
       ImportError: torch is not installed.
