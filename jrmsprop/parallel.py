@@ -36,9 +36,7 @@ def _axis_size(mesh: Mesh, axis: str) -> int:
 def _leaf_sharding(leaf: Any, mesh: Mesh, axis: str, size: int) -> NamedSharding:
     shape = getattr(leaf, "shape", None)
     if shape is None:
-        raise TypeError(
-            f"jrmsprop: cannot shard a {type(leaf).__name__}; expected an array leaf"
-        )
+        raise TypeError(f"jrmsprop: cannot shard a {type(leaf).__name__}; expected an array leaf")
     if len(shape) >= 1 and shape[0] % size == 0:
         return NamedSharding(mesh, PartitionSpec(axis))
     return NamedSharding(mesh, PartitionSpec())

@@ -262,3 +262,9 @@ def test_shard_state_rejects_an_unknown_axis():
     state = optimizer().init({"w": jnp.ones(4)})
     with pytest.raises(ValueError, match=r"mesh has no axis 'batch'; its axes are \('data',\)"):
         jrmsprop.shard_state(state, mesh, "batch")
+
+
+def test_shard_state_rejects_a_leaf_that_is_not_an_array():
+    mesh = jax.make_mesh((1,), ("data",))
+    with pytest.raises(TypeError, match="cannot shard a float; expected an array leaf"):
+        jrmsprop.shard_state({"lr": 0.1}, mesh, "data")
