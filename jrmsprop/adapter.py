@@ -12,7 +12,8 @@ place.
 from __future__ import annotations
 
 import math
-from typing import Any
+import operator
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from jrmsprop.transform import (
     _HYPERPARAM_ERRORS,
     RMSpropState,
     _check_pair,
+    _path_str,
     check_leaves,
     rmsprop,
 )
@@ -29,6 +31,13 @@ from jrmsprop.transform import (
 _HYPER_NAMES = ("lr", "alpha", "eps", "weight_decay", "momentum")
 _BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
 _ARRAY_TYPES = (jax.Array, np.ndarray)
+
+
+class _Spec(NamedTuple):
+    """Shape and dtype of a parameter, as the optimizer state holds them."""
+
+    shape: tuple
+    dtype: Any
 
 
 def _is_none(x: Any) -> bool:
@@ -89,18 +98,37 @@ def _runs(positions: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _group_positions(dtypes: list, foreach: bool) -> list[list[int]]:
+# foreach=True: a leaf this large is a unit of its own (concatenating it would
+# only add a copy), and at most this many small leaves share one unit. XLA's
+# CPU compile time grows faster than linearly with the number of outputs of
+# one executable (each output leaf is its own kernel), so bounded units keep
+# the first step's compile short; units of the same signature share one
+# executable, and each unit is still one fused computation.
+_LARGE_LEAF = 1 << 16
+_UNIT_LEAVES = 64
+
+
+def _group_positions(dtypes: list, foreach: bool, sizes: list | None = None) -> list[list[int]]:
     """Which parameter positions share one state unit.
 
-    ``foreach=False``: one unit per parameter. ``foreach=True``: one unit per
-    dtype (in order of first appearance), whose state is flat buffers.
+    ``foreach=False``: one unit per parameter. ``foreach=True``: parameters
+    of one dtype, in order, whose state is flat buffers; with ``sizes``, large
+    leaves get their own unit and small ones are chunked by ``_UNIT_LEAVES``.
     """
     if not foreach:
         return [[i] for i in range(len(dtypes))]
     groups: dict = {}
+    units: list[list[int]] = []
     for i, dtype in enumerate(dtypes):
-        groups.setdefault(jnp.dtype(dtype), []).append(i)
-    return list(groups.values())
+        if sizes is not None and sizes[i] >= _LARGE_LEAF:
+            units.append([i])
+            continue
+        unit = groups.get(jnp.dtype(dtype))
+        if unit is None or (sizes is not None and len(unit) >= _UNIT_LEAVES):
+            unit = groups[jnp.dtype(dtype)] = []
+            units.append(unit)
+        unit.append(i)
+    return units
 
 
 def _step_impl(
@@ -341,10 +369,17 @@ class FunctionalRMSprop:
         self.param_group = {"params": params}
 
         self._treedef = treedef
+        self._paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        # The leaves this optimizer last wrote: if the container still holds
+        # them, the parameters need no re-check (foreach's host-side checks).
+        self._written = list(leaves)
         self._shapes = [tuple(leaf.shape) for leaf in leaves]
         self._dtypes = [jnp.dtype(leaf.dtype) for leaf in leaves]
         self._flat_list = type(params) is list and treedef == jax.tree.structure([0] * len(leaves))
-        self._units = _group_positions(self._dtypes, foreach)
+        self._units = _group_positions(
+            self._dtypes, foreach, [math.prod(shape) for shape in self._shapes]
+        )
+        self._pickers = [operator.itemgetter(*members) for members in self._units]
         self._unit_of = np.empty(len(leaves), np.int64)
         self._offset = np.zeros(len(leaves), np.int64)
         for u, members in enumerate(self._units):
@@ -366,10 +401,14 @@ class FunctionalRMSprop:
 
     # ------------------------------------------------------------------ step
 
-    def _pattern(self, gradients: Any) -> tuple[Any, np.ndarray]:
+    def _pattern(self, gradients: Any) -> tuple[list, np.ndarray, list[int]]:
+        """Non-None gradient leaves, the positions they step, the units touched.
+
+        The structure is checked once per ``None`` pattern (cached by treedef).
+        """
         grad_leaves, grad_def = jax.tree.flatten(gradients)
-        stepping = self._patterns.get(grad_def)
-        if stepping is None:
+        cached = self._patterns.get(grad_def)
+        if cached is None:
             with_none, with_none_def = jax.tree.flatten(gradients, is_leaf=_is_none)
             if with_none_def != self._treedef:
                 raise ValueError(
@@ -377,8 +416,35 @@ class FunctionalRMSprop:
                     f"params: gradients are {with_none_def}, params are {self._treedef}"
                 )
             stepping = np.flatnonzero([g is not None for g in with_none])
-            self._patterns[grad_def] = stepping
-        return grad_leaves, stepping
+            units = sorted({int(u) for u in self._unit_of[stepping]})
+            cached = self._patterns[grad_def] = (stepping, units)
+        return grad_leaves, *cached
+
+    def _check_arrays(self, param_leaves: list, grad_list: list) -> None:
+        """Host-side check of every gradient (and any replaced parameter)."""
+        shapes, dtypes = self._shapes, self._dtypes
+        for g, shape, dtype in zip(grad_list, shapes, dtypes):
+            if g is not None and (
+                not isinstance(g, _ARRAY_TYPES) or g.shape != shape or g.dtype != dtype
+            ):
+                break
+        else:
+            if all(map(operator.is_, param_leaves, self._written)):
+                return
+        paths = self._paths
+        for i, (g, p) in enumerate(zip(grad_list, param_leaves)):
+            if not isinstance(p, _ARRAY_TYPES):
+                raise TypeError(
+                    f"FunctionalRMSprop: param_group['params'] leaf {i} is a "
+                    f"{type(p).__name__}, not an array"
+                )
+            _check_pair(paths[i], p, _Spec(shapes[i], dtypes[i]), "params", "the optimizer state")
+            if g is not None and not isinstance(g, _ARRAY_TYPES):
+                raise TypeError(
+                    f"FunctionalRMSprop: gradient {_path_str(paths[i])} is a "
+                    f"{type(g).__name__}, not an array"
+                )
+            _check_pair(paths[i], g, p, "gradients", "params")
 
     def step(self, gradients: Any) -> None:
         """One RMSprop step on every parameter whose gradient is not ``None``.
@@ -414,13 +480,22 @@ class FunctionalRMSprop:
                 "FunctionalRMSprop: param_group['params'] changed structure since the "
                 f"optimizer was built: it is {param_def}, it was {self._treedef}"
             )
-        grad_leaves, stepping = self._pattern(gradients)
-        for k, g in enumerate(grad_leaves):
-            if not isinstance(g, _ARRAY_TYPES):
-                raise TypeError(
-                    f"FunctionalRMSprop: gradient {k} (counting non-None gradients) is a "
-                    f"{type(g).__name__}, not an array"
-                )
+        grad_leaves, stepping, units = self._pattern(gradients)
+        if not self.foreach:
+            # One dispatch: the jitted step checks shapes and dtypes while
+            # tracing, before anything is donated.
+            for k, g in enumerate(grad_leaves):
+                if not isinstance(g, _ARRAY_TYPES):
+                    raise TypeError(
+                        f"FunctionalRMSprop: gradient {k} (counting non-None gradients) is a "
+                        f"{type(g).__name__}, not an array"
+                    )
+            grad_list = gradients
+        else:
+            # One dispatch per unit: everything is checked here, before the
+            # first unit donates its buffers.
+            grad_list = gradients if self._flat_list else self._treedef.flatten_up_to(gradients)
+            self._check_arrays(param_leaves, grad_list)
 
         states = self._states
         new_mask = ~self._has_state[stepping]
@@ -436,17 +511,32 @@ class FunctionalRMSprop:
         if fresh.size:
             states = self._with_fresh_state(fresh, use_momentum)
 
-        new_leaves, new_states = _step_jit(
-            tuple(param_leaves),
-            gradients,
-            tuple(states),
-            hyper,
-            centered=bool(self.centered),
-            maximize=bool(self.maximize),
-            use_momentum=use_momentum,
-            decay=bool(hyper[3] != 0),
-            foreach=bool(self.foreach),
-        )
+        static = {
+            "centered": bool(self.centered),
+            "maximize": bool(self.maximize),
+            "use_momentum": use_momentum,
+            "decay": bool(hyper[3] != 0),
+            "foreach": bool(self.foreach),
+        }
+        if not self.foreach:
+            new_leaves, new_states = _step_jit(
+                tuple(param_leaves), grad_list, tuple(states), hyper, **static
+            )
+        else:
+            new_leaves = list(param_leaves)
+            new_states = list(states)
+            for u in units:
+                pick = self._pickers[u]
+                members = self._units[u]
+                unit_params = pick(param_leaves)
+                unit_grads = pick(grad_list)
+                if len(members) == 1:
+                    unit_params, unit_grads = (unit_params,), (unit_grads,)
+                out_params, (new_states[u],) = _step_jit(
+                    unit_params, list(unit_grads), (states[u],), hyper, **static
+                )
+                for i, leaf in zip(members, out_params):
+                    new_leaves[i] = leaf
         # Nothing below can fail: the step is committed.
         self._states = list(new_states)
         self._steps[stepping] += 1
@@ -454,6 +544,7 @@ class FunctionalRMSprop:
             self._has_state[fresh] = True
             if use_momentum:
                 self._has_momentum[fresh] = True
+        self._written = list(new_leaves)
         if self._flat_list:
             params[:] = new_leaves
         else:

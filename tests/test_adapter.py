@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from jrmsprop import FunctionalRMSprop
+from jrmsprop import FunctionalRMSprop, adapter
 
 with warnings.catch_warnings():
     # torch deprecates TorchScript optimizers; the class is still the reference.
@@ -54,7 +54,7 @@ NEVER = len(SPECS) - 1
 
 
 # The scripted class warns on every construction that TorchScript is deprecated.
-pytestmark = pytest.mark.filterwarnings("ignore:`TorchScript` support:DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def _new_torch_rmsprop(params, **kwargs):
@@ -167,6 +167,30 @@ def test_foreach_equals_loop():
     assert loop.state.keys() == fused.state.keys()
     for i, entry in loop.state.items():
         assert entry.keys() == fused.state[i].keys()
+        for key in entry:
+            np.testing.assert_array_equal(np.array(entry[key]), np.array(fused.state[i][key]))
+
+
+def test_foreach_units_chunked_and_large_leaves_equal_loop(monkeypatch):
+    # Small limits so a handful of leaves crosses every unit boundary: chunks
+    # of 3 same-dtype leaves, and leaves of >= 8 elements in units of their own.
+    monkeypatch.setattr(adapter, "_UNIT_LEAVES", 3)
+    monkeypatch.setattr(adapter, "_LARGE_LEAF", 8)
+    rng = np.random.default_rng(23)
+    specs = [((2,), np.float32)] * 4 + [((3, 3), np.float32), ((2,), np.complex64)] * 2
+    specs += [((3,), np.float32)] * 3
+    init = [_draw(rng, s, d) for s, d in specs]
+    loop = FunctionalRMSprop([jnp.asarray(x) for x in init], momentum=0.2)
+    fused = FunctionalRMSprop([jnp.asarray(x) for x in init], momentum=0.2, foreach=True)
+    assert fused._units == [[0, 1, 2], [3, 8, 9], [4], [5, 7], [6], [10]]
+    masks = [[True] * len(specs), [k % 3 != 1 for k in range(len(specs))]]
+    for mask in masks * 3:
+        grads = [jnp.asarray(_draw(rng, s, d)) if m else None for (s, d), m in zip(specs, mask)]
+        loop.step(grads)
+        fused.step(grads)
+    for a, b in zip(_param_leaves(loop), _param_leaves(fused)):
+        np.testing.assert_array_equal(a, b)
+    for i, entry in loop.state.items():
         for key in entry:
             np.testing.assert_array_equal(np.array(entry[key]), np.array(fused.state[i][key]))
 
@@ -343,6 +367,15 @@ def test_failed_step_changes_nothing_and_optimizer_stays_usable(foreach):
         assert str(raised.value) == message
         opt.defaults[name] = saved
         _assert_unchanged(opt, before)
+    # A parameter replaced by one of another shape is caught before anything runs.
+    params = opt.param_group["params"]
+    kept = params[1]
+    params[1] = jnp.ones(5, jnp.float32)
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=r"shape mismatch at \[1\]"):
+        opt.step(grads())
+    _assert_unchanged(opt, before)
+    params[1] = kept
     # A parameter whose state was created with momentum=0 cannot take momentum.
     plain = FunctionalRMSprop([jnp.ones(2)], foreach=foreach)
     plain.step([jnp.ones(2)])
