@@ -8,7 +8,9 @@ the batch reduction.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import sys
 
@@ -18,6 +20,21 @@ import numpy as np
 import optax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _die_with_parent() -> None:
+    """On Linux, SIGKILL this process when its parent dies.
+
+    The test's ``finally`` ends its subprocesses; this covers what it cannot:
+    the test process itself killed (say, by a CI timeout).
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+if os.path.basename(sys.argv[0]) in ("dp_prog.py", "multihost_prog.py"):
+    _die_with_parent()
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root
 
 import jrmsprop
