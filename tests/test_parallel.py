@@ -163,14 +163,20 @@ def test_shard_map_replicated_param_cotangent_is_already_summed():
 
     Under shard_map (check_vma=True) the cotangent of a replicated param is
     psum'ed over the axis, so pmean(jax.grad(local loss)) is the SUM of the
-    local gradients, DEVICES times the full-batch gradient. The three right
-    patterns give the full-batch gradient.
+    local gradients, DEVICES times the full-batch gradient, as is jax.grad of
+    the local loss alone. The three right patterns give the full-batch gradient;
+    with check_vma=False and no pmean, out_specs=P() silently returns device 0's.
     """
     out = program("shard_map")
     params, x, y = make_problem()
     full = flat(jax.grad(loss_fn)(jax.tree.map(jnp.asarray, params), x, y))
+    rows = slice(0, x.shape[0] // DEVICES)
+    first = flat(jax.grad(loss_fn)(jax.tree.map(jnp.asarray, params), x[rows], y[rows]))
     for key, g in full.items():
+        np.testing.assert_allclose(out[f"pitfall/grad_of_local{key}"], DEVICES * g, rtol=1e-12)
         np.testing.assert_allclose(out[f"pitfall/pmean_of_grad{key}"], DEVICES * g, rtol=1e-12)
+        # check_vma=False and no pmean: out_specs=P() returns device 0's local gradient.
+        np.testing.assert_allclose(out[f"pitfall/novma_grad_of_local{key}"], first[key], rtol=1e-12)
         for right in ("grad_of_pmean", "grad_over_n", "novma_pmean_of_grad"):
             np.testing.assert_allclose(out[f"pitfall/{right}{key}"], g, rtol=1e-12, atol=1e-15)
 

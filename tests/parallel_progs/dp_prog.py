@@ -97,6 +97,8 @@ def run_shard_map(out: dict) -> None:
         return jax.grad(loss_fn)(p, x, y)
 
     variants = {
+        "grad_of_local": (local_grad, True),
+        "novma_grad_of_local": (local_grad, False),
         "pmean_of_grad": (lambda p, x, y: jax.lax.pmean(local_grad(p, x, y), "data"), True),
         "grad_of_pmean": (
             lambda p, x, y: jax.grad(lambda q: jax.lax.pmean(loss_fn(q, x, y), "data"))(p),
