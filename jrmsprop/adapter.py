@@ -230,6 +230,18 @@ def _hyper_value(name: str, value: Any) -> float:
     return number
 
 
+def _check_distinct(leaves: list, paths: list) -> None:
+    """``ValueError`` when one array sits at two positions: it cannot be donated twice."""
+    first: dict[int, int] = {}
+    for i, leaf in enumerate(leaves):
+        j = first.setdefault(id(leaf), i)
+        if j != i:
+            raise ValueError(
+                f"FunctionalRMSprop: params {_path_str(paths[j])} and {_path_str(paths[i])} are "
+                "the same array; each parameter needs its own array (the step donates them)"
+            )
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     """A state value (numpy, JAX, or a torch tensor when torch is around) as numpy."""
     if type(value).__module__.startswith("torch"):
@@ -361,6 +373,8 @@ class FunctionalRMSprop:
         if len(leaves) == 0 and not _allow_empty_param_list:
             raise ValueError("optimizer got an empty parameter list")
         check_leaves(params, "params")
+        paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        _check_distinct(leaves, paths)
         if not all(isinstance(leaf, jax.Array) for leaf in leaves):
             # numpy parameters become JAX arrays once, so they can be donated.
             leaves = [jnp.asarray(leaf) for leaf in leaves]
@@ -369,7 +383,7 @@ class FunctionalRMSprop:
         self.param_group = {"params": params}
 
         self._treedef = treedef
-        self._paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        self._paths = paths
         # The leaves this optimizer last wrote: if the container still holds
         # them, the parameters need no re-check (foreach's host-side checks).
         self._written = list(leaves)
@@ -423,15 +437,16 @@ class FunctionalRMSprop:
     def _check_arrays(self, param_leaves: list, grad_list: list) -> None:
         """Host-side check of every gradient (and any replaced parameter)."""
         shapes, dtypes = self._shapes, self._dtypes
-        for g, shape, dtype in zip(grad_list, shapes, dtypes):
+        for g, p, shape, dtype in zip(grad_list, param_leaves, shapes, dtypes):
             if g is not None and (
-                not isinstance(g, _ARRAY_TYPES) or g.shape != shape or g.dtype != dtype
+                not isinstance(g, _ARRAY_TYPES) or g.shape != shape or g.dtype != dtype or g is p
             ):
                 break
         else:
             if all(map(operator.is_, param_leaves, self._written)):
                 return
         paths = self._paths
+        _check_distinct(param_leaves, paths)
         for i, (g, p) in enumerate(zip(grad_list, param_leaves)):
             if not isinstance(p, _ARRAY_TYPES):
                 raise TypeError(
@@ -445,6 +460,11 @@ class FunctionalRMSprop:
                     f"{type(g).__name__}, not an array"
                 )
             _check_pair(paths[i], g, p, "gradients", "params")
+            if g is p:
+                raise ValueError(
+                    f"FunctionalRMSprop: the gradient at {_path_str(paths[i])} is the parameter "
+                    "array itself, which the step donates: pass a copy"
+                )
 
     def step(self, gradients: Any) -> None:
         """One RMSprop step on every parameter whose gradient is not ``None``.

@@ -367,6 +367,12 @@ def test_failed_step_changes_nothing_and_optimizer_stays_usable(foreach):
         assert str(raised.value) == message
         opt.defaults[name] = saved
         _assert_unchanged(opt, before)
+    # A gradient that is the parameter array itself cannot be donated with it:
+    # foreach checks it (ValueError), a single dispatch is refused by jax.
+    before = _snapshot(opt)
+    with pytest.raises((ValueError, RuntimeError), match="donat"):
+        opt.step([opt.param_group["params"][0], *grads()[1:]])
+    _assert_unchanged(opt, before)
     # A parameter replaced by one of another shape is caught before anything runs.
     params = opt.param_group["params"]
     kept = params[1]
@@ -394,6 +400,9 @@ def test_failed_step_changes_nothing_and_optimizer_stays_usable(foreach):
 
 
 def test_bad_constructor_arguments():
+    shared = jnp.ones(2)
+    with pytest.raises(ValueError, match=r"params \[0\] and \[2\] are the same array"):
+        FunctionalRMSprop([shared, jnp.ones(2), shared])
     with pytest.raises(ValueError, match="Invalid learning rate: -0.1"):
         FunctionalRMSprop([jnp.ones(2)], lr=-0.1)
     with pytest.raises(TypeError, match=r"params leaf \[1\] is int32\[2\]"):
