@@ -292,8 +292,11 @@ class FunctionalRMSprop:
     * One compiled executable per structure, shapes, dtypes and ``None``
       pattern (shared by all optimizers). The numbers in ``defaults`` are
       runtime inputs: setting ``opt.defaults["lr"]`` (a hand-written
-      schedule) never recompiles. ``centered``, ``maximize`` and whether a
-      momentum buffer is used (``momentum > 0``) are structural.
+      schedule) never recompiles. Structural, like torch's own branches:
+      ``centered``, ``maximize``, ``momentum > 0`` (a momentum buffer is
+      used) and ``weight_decay != 0`` (the decay term exists: a traced zero
+      would cost CPU a full extra pass over memory); each setting compiles
+      once, the first time it is used.
     * **Donation.** The state buffers and the parameter arrays are donated
       to the compiled step: a step holds one copy of each, as torch's
       in-place update does. A parameter array taken out of the container

@@ -237,6 +237,32 @@ def test_changing_defaults_never_recompiles(foreach):
             opt.step(grads)
         jax.block_until_ready(opt.param_group["params"])
     assert counter.count == 0
+    # Executables are shared: a second optimizer of the same structure compiles nothing.
+    twin = FunctionalRMSprop(
+        [jnp.asarray(_draw(rng, s, d)) for s, d in specs],
+        weight_decay=0.3,
+        momentum=0.2,
+        foreach=foreach,
+    )
+    with _CompileCounter() as counter:
+        twin.step(grads)
+        twin.step(grads)
+    assert counter.count == 0
+
+
+def test_zero_weight_decay_is_its_own_executable_compiled_once():
+    opt = FunctionalRMSprop([jnp.ones(3), jnp.ones(2)], weight_decay=0.0)
+    grads = [jnp.ones(3), jnp.ones(2)]
+    opt.step(grads)
+    with _CompileCounter() as first_decay:
+        opt.defaults["weight_decay"] = 0.1
+        opt.step(grads)
+    assert first_decay.count == 1  # torch's `weight_decay != 0` branch, compiled once
+    with _CompileCounter() as counter:
+        for wd in (0.0, 0.2, 0.0, 0.05):
+            opt.defaults["weight_decay"] = wd
+            opt.step(grads)
+    assert counter.count == 0
 
 
 def test_state_is_donated_and_params_replaced():
