@@ -1,5 +1,6 @@
 """jrmsprop.rmsprop under jax.jit, jax.vmap, jax.grad and optax.inject_hyperparams."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,8 +36,7 @@ def test_jit_equals_eager():
         eager_params = optax.apply_updates(eager_params, u)
         u, jit_state = update(grads, jit_state, jit_params)
         jit_params = optax.apply_updates(jit_params, u)
-    for a, b in zip(jax.tree.leaves((eager_params, eager_state)), jax.tree.leaves((jit_params, jit_state))):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close((jit_params, jit_state), (eager_params, eager_state), rtol=1e-5, atol=1e-6)
     assert update._cache_size() == 1
 
 
