@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -91,7 +90,8 @@ def train(args: argparse.Namespace) -> None:
     y = jax.make_array_from_process_local_data(rows, y)
 
     opt = jrmsprop.rmsprop(lr=1e-3, momentum=0.9)
-    state = jax.jit(opt.init)(params)
+    # out_shardings: without it the int32 count/step scalars would land on one local device.
+    state = jax.jit(opt.init, out_shardings=replicated)(params)
     if args.zero:
         state = jrmsprop.shard_state(state, mesh, "batch")
     layout = (
@@ -138,7 +138,8 @@ def spawn(n: int, argv: list[str], timeout_s: float = 300.0) -> int:
         for rank in range(n):
             cmd = [sys.executable, __file__, "--coordinator", f"127.0.0.1:{port}"]
             cmd += ["--num-processes", str(n), "--process-id", str(rank), *argv]
-            procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+            # Same process group as this launcher: whoever ends the launcher's group ends them.
+            procs.append(subprocess.Popen(cmd, env=env))
         end = time.monotonic() + timeout_s
         while time.monotonic() < end and any(p.poll() is None for p in procs):
             if any(p.poll() not in (None, 0) for p in procs):
@@ -146,15 +147,12 @@ def spawn(n: int, argv: list[str], timeout_s: float = 300.0) -> int:
             time.sleep(0.1)
         if any(p.poll() is None for p in procs):
             print(f"stopping: not done after the deadline ({timeout_s:.0f} s)", file=sys.stderr)
-            for p in procs:  # jax.distributed catches SIGTERM, so SIGKILL follows
-                os.killpg(p.pid, signal.SIGTERM)
+            for p in procs:
+                p.terminate()
             time.sleep(5)
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        for p in procs:  # jax.distributed catches SIGTERM, so SIGKILL follows
+            p.kill()
             p.wait()
     return max(abs(p.returncode) for p in procs)
 
