@@ -91,8 +91,10 @@ def shard_state(state: Any, mesh: Mesh, axis: str = "data") -> Any:
 
     Example::
 
+      >>> import jax, jax.numpy as jnp, jrmsprop
       >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
-      >>> state = jrmsprop.shard_state(opt.init(params), mesh, "data")
+      >>> opt = jrmsprop.rmsprop(lr=0.1, momentum=0.9)
+      >>> state = jrmsprop.shard_state(opt.init({"w": jnp.ones((8, 4))}), mesh, "data")
     """
     return jax.device_put(state, split_shardings(state, mesh, axis))
 
