@@ -223,6 +223,16 @@ def test_sharded_state_saves_memory_and_equals_unsharded(reference, mode):
     assert_matches(out, reference)
 
 
+def test_zero1_on_explicit_mesh_axes_with_params_resharded(reference):
+    out = program("zero1_explicit")
+    params, _, _ = make_problem()
+    state = optimizer().init(jax.tree.map(jnp.asarray, params))
+    assert bool(out["layout/explicit"])
+    assert out["layout/state_split"].tolist() == _expected_split(state)
+    assert not out["layout/params_split"].any()
+    assert_matches(out, reference)
+
+
 def test_two_processes_over_gloo_equal_single_process(reference, tmp_path):
     port = free_port()
     cmds = []

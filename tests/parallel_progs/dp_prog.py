@@ -1,7 +1,7 @@
 """Data-parallel training on N forced host devices; run by tests/test_parallel.py in a subprocess.
 
 Usage: XLA_FLAGS=--xla_force_host_platform_device_count=N python dp_prog.py MODE OUT.npz
-MODE: pmap | shard_map | jit | zero1 | fsdp. Writes the final params and state
+MODE: pmap | shard_map | jit | zero1 | fsdp | zero1_explicit. Writes the final params and state
 (and, per mode, replicas, pitfall gradients, per-device bytes) to OUT.npz; the
 test compares them with the single-device reference.
 
@@ -176,6 +176,33 @@ def run_sharded_state(out: dict, fsdp: bool) -> None:
     out.update({f"state{k}": v for k, v in flat(state).items()})
 
 
+def run_zero1_explicit(out: dict) -> None:
+    """ZeRO-1 on a mesh with Explicit axes (jax.make_mesh's default): reshard params whole."""
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    params, x, y = make_problem()
+    opt = optimizer()
+
+    def step(params, state, x, y):
+        params, state = apply(opt, jax.grad(loss_fn)(params, x, y), state, params)
+        # The split state made the update, and so the params, split: make them whole again.
+        return jax.tree.map(lambda a: jax.sharding.reshard(a, P()), params), state
+
+    with jax.set_mesh(mesh):
+        params = jrmsprop.replicate(params, mesh)
+        state = jrmsprop.shard_state(opt.init(params), mesh, "data")
+        x, y = sharded_batch(mesh, x, y)
+        params, state = train(jax.jit(step), params, state, x, y)
+    out["layout/explicit"] = np.array(mesh.axis_types[0] == AxisType.Explicit)
+    out["layout/state_split"] = np.array(
+        [not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state)]
+    )
+    out["layout/params_split"] = np.array(
+        [not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(params)]
+    )
+    out.update({f"params{k}": v for k, v in flat(params).items()})
+    out.update({f"state{k}": v for k, v in flat(state).items()})
+
+
 def main() -> None:
     mode, path = sys.argv[1], sys.argv[2]
     out: dict = {"devices": np.array(jax.device_count())}
@@ -185,6 +212,8 @@ def main() -> None:
         run_shard_map(out)
     elif mode == "jit":
         run_jit(out)
+    elif mode == "zero1_explicit":
+        run_zero1_explicit(out)
     elif mode in ("zero1", "fsdp"):
         run_sharded_state(out, fsdp=mode == "fsdp")
     else:

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(HERE))  # tests/, for test_parallel's runner
 from common import free_port
 from test_parallel import DEVICES, _env, run_processes
 
-MODES = ["pmap", "shard_map", "jit", "zero1", "fsdp"]
+MODES = ["pmap", "shard_map", "jit", "zero1", "fsdp", "zero1_explicit"]
 
 
 def classify(results: list) -> str:
