@@ -58,9 +58,11 @@ IMPLS = (
     "torch-functional",
     "roofline",
 )
-# Implementations that compile one kernel per leaf: their first step grows
-# with the leaf count (about 150 s for optax at 10,000 leaves on 2 cores).
-PER_LEAF_COMPILED = ("jrmsprop", "adapter", "optax")
+# Implementations whose executable has an output per leaf: XLA's CPU compile
+# time grows faster than linearly with that (about 150 s for optax at 10,000
+# leaves on 2 cores; the adapter's foreach=True splits its flat result back
+# into the caller's leaves, so it is one of them).
+PER_LEAF_COMPILED = ("jrmsprop", "adapter", "adapter-foreach", "optax")
 CONFIGS = {
     "plain": {"momentum": 0.0, "centered": False},
     "centered+momentum": {"momentum": 0.9, "centered": True},
@@ -591,7 +593,9 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
     for n in args.sweep:
         if n not in covered and args.sweep_elements % n == 0:
             cells.append(Cell(f"sweep-{n}", "plain", "float32", [(args.sweep_elements // n,)] * n))
-    return cells
+    # Cheap cells first, so that an interrupted run has measured most cells:
+    # the cost is the per-leaf compiles, which run up to the cap.
+    return sorted(cells, key=lambda c: len(c.shapes) * (len(c.shapes) <= args.max_compile_leaves))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -665,12 +669,34 @@ def main(argv: Sequence[str] | None = None) -> dict:
                         desc="bench", unit="repeat", file=sys.stderr)
     except ImportError:
         progress = None
+    os.makedirs(args.out, exist_ok=True)
+    doc = _document(args, argv, results, missing, skipped, load_before, started)
     for cell, run in plan:
         if progress is not None:
             progress.set_postfix_str(f"{cell.case} {cell.config} {cell.dtype}")
         results += run_cell(cell, run, args.repeats, args.warmup, progress)
+        # Written after every cell: a long run that is stopped keeps its data.
+        doc = _document(args, argv, results, missing, skipped, load_before, started)
     if progress is not None:
         progress.close()
+    print(format_table(doc["results"]))
+    print()
+    print(format_summary(doc["summary"]))
+    if skipped:
+        print(f"\nnot run (per-leaf compile, > {args.max_compile_leaves} leaves; --full runs them): "
+              + ", ".join("/".join(s) for s in skipped))
+    for e in doc["errors"]:
+        print(f"\nFAILED {e['impl']} on {e['case']}/{e['config']}/{e['dtype']}: {e['error']}")
+    if missing:
+        print("\nunavailable: " + "; ".join(f"{k}: {v}" for k, v in missing.items()))
+    print(f"\nload average before/after: {load_before} / {_load()}; wall {doc['meta']['wall_s']:.0f} s")
+    if not args.no_plot:
+        plot(doc["results"], args.sweep_elements, os.path.join(args.out, "bench.png"))
+    return doc
+
+
+def _document(args, argv, results, missing, skipped, load_before, started) -> dict:
+    """The JSON document of the results so far, also written to disk."""
     errors = [r for r in results if "error" in r]
     results = [r for r in results if "error" not in r]
     summary = summarize(results, args.sweep_elements, max(args.sweep, default=1))
@@ -697,22 +723,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "errors": errors,
         "summary": summary,
     }
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(doc, f, indent=1, default=_jsonable)
-    print(format_table(results))
-    print()
-    print(format_summary(summary))
-    if skipped:
-        print(f"\nnot run (per-leaf compile, > {args.max_compile_leaves} leaves; --full runs them): "
-              + ", ".join("/".join(s) for s in skipped))
-    for e in errors:
-        print(f"\nFAILED {e['impl']} on {e['case']}/{e['config']}/{e['dtype']}: {e['error']}")
-    if missing:
-        print("\nunavailable: " + "; ".join(f"{k}: {v}" for k, v in missing.items()))
-    print(f"\nload average before/after: {load_before} / {_load()}; wall {doc['meta']['wall_s']:.0f} s")
-    if not args.no_plot:
-        plot(results, args.sweep_elements, os.path.join(args.out, "bench.png"))
     return doc
 
 
