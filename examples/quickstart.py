@@ -9,6 +9,7 @@ the two models' parameters.
 from __future__ import annotations
 
 import argparse
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -19,14 +20,23 @@ from tqdm import tqdm
 
 import jrmsprop
 
-HYPER = {"lr": 1e-2, "alpha": 0.9, "eps": 1e-8, "momentum": 0.9, "centered": True, "weight_decay": 1e-4}
+HYPER = {
+    "lr": 1e-2,
+    "alpha": 0.9,
+    "eps": 1e-8,
+    "momentum": 0.9,
+    "centered": True,
+    "weight_decay": 1e-4,
+}
 
 
 def init_weights(rng: np.random.Generator, sizes: list[int]) -> list[np.ndarray]:
     """[w0, b0, w1, b1, ...] in float32, the order torch's parameters take."""
     weights = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        weights.append((rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32))
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        weights.append(
+            (rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)).astype(np.float32)
+        )
         weights.append(np.zeros(fan_out, np.float32))
     return weights
 
@@ -72,9 +82,14 @@ def main(steps: int = 50, seed: int = 0) -> float:
         tloss = torch_loss(torch_params, tx, ty)
         tloss.backward()
         torch_opt.step()
-        tqdm.write(f"step {step:3d}  jrmsprop loss {float(loss):.6f}  torch loss {tloss.item():.6f}")
+        tqdm.write(
+            f"step {step:3d}  jrmsprop loss {float(loss):.6f}  torch loss {tloss.item():.6f}"
+        )
 
-    diff = max(float(np.max(np.abs(np.asarray(p) - tp.detach().numpy()))) for p, tp in zip(params, torch_params))
+    diff = max(
+        float(np.max(np.abs(np.asarray(p) - tp.detach().numpy())))
+        for p, tp in zip(params, torch_params)
+    )
     print(f"largest parameter difference after {steps} steps: {diff:.3e}")
     return diff
 

@@ -8,7 +8,9 @@ from torch_reference import DTYPES, TORCH_GRID, run_side_by_side
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["for-loop", "foreach"])
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hyper", TORCH_GRID, ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items()) or "default")
+@pytest.mark.parametrize(
+    "hyper", TORCH_GRID, ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items()) or "default"
+)
 def test_torch_grid_100_steps_with_none_grads(hyper, dtype, foreach):
     run_side_by_side(hyper, dtype, steps=100, foreach=foreach, seed=len(str(hyper)))
 
@@ -55,7 +57,7 @@ def test_half_precision_close_to_torch(hyper, dtype):
     # before the division) and XLA once per step, so the two drift by a few
     # ulps a step; momentum sums that drift. bfloat16 keeps 8 significant bits
     # (ulp 2**-7 at 1), float16 11 (2**-10).
-    tol = {"bfloat16": dict(rtol=5e-2, atol=5e-2), "float16": dict(rtol=1e-2, atol=1e-2)}[dtype]
+    tol = {"bfloat16": {"rtol": 5e-2, "atol": 5e-2}, "float16": {"rtol": 1e-2, "atol": 1e-2}}[dtype]
     run_side_by_side(hyper, dtype, steps=30, **tol)
 
 
@@ -67,7 +69,9 @@ def test_eps_is_outside_the_sqrt_where_optax_puts_it_inside():
 
     params = {"w": jnp.ones(3)}
     grads = {"w": jnp.array([1e-4, -2e-3, 5e-5])}
-    ours, _ = jrmsprop.rmsprop(lr=0.1, eps=1e-2).update(grads, jrmsprop.rmsprop().init(params), params)
+    ours, _ = jrmsprop.rmsprop(lr=0.1, eps=1e-2).update(
+        grads, jrmsprop.rmsprop().init(params), params
+    )
     theirs, _ = optax.rmsprop(0.1, decay=0.99, eps=1e-2).update(
         grads, optax.rmsprop(0.1).init(params), params
     )

@@ -25,7 +25,10 @@ def test_unused_buffers_take_no_memory():
 
 def test_jit_equals_eager():
     rng = np.random.default_rng(0)
-    params = [jnp.asarray(random_array(rng, (5, 3), "float32")), jnp.asarray(random_array(rng, (4,), "complex64"))]
+    params = [
+        jnp.asarray(random_array(rng, (5, 3), "float32")),
+        jnp.asarray(random_array(rng, (4,), "complex64")),
+    ]
     opt = jrmsprop.rmsprop(lr=0.05, momentum=0.5, centered=True, weight_decay=0.1)
     eager_state = jit_state = opt.init(params)
     eager_params = jit_params = params
@@ -36,7 +39,9 @@ def test_jit_equals_eager():
         eager_params = optax.apply_updates(eager_params, u)
         u, jit_state = update(grads, jit_state, jit_params)
         jit_params = optax.apply_updates(jit_params, u)
-    chex.assert_trees_all_close((jit_params, jit_state), (eager_params, eager_state), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+        (jit_params, jit_state), (eager_params, eager_state), rtol=1e-5, atol=1e-6
+    )
     assert update._cache_size() == 1
 
 
@@ -45,15 +50,22 @@ def test_vmap_steps_an_ensemble_like_separate_torch_optimizers():
     rng = np.random.default_rng(1)
     hyper = {"lr": 0.01, "momentum": 0.9, "centered": True, "weight_decay": 0.01}
     opt = jrmsprop.rmsprop(**hyper)
-    params = {"w": jnp.asarray(random_array(rng, (members, 3, 2), "float32")),
-              "b": jnp.asarray(random_array(rng, (members, 2), "complex64"))}
-    torch_params = [[to_torch(np.asarray(params[k][m])).requires_grad_(True) for k in ("b", "w")]
-                    for m in range(members)]
+    params = {
+        "w": jnp.asarray(random_array(rng, (members, 3, 2), "float32")),
+        "b": jnp.asarray(random_array(rng, (members, 2), "complex64")),
+    }
+    torch_params = [
+        [to_torch(np.asarray(params[k][m])).requires_grad_(True) for k in ("b", "w")]
+        for m in range(members)
+    ]
     torch_opts = [torch.optim.RMSprop(tp, **hyper) for tp in torch_params]
     state = jax.vmap(opt.init)(params)
     update = jax.jit(jax.vmap(opt.update))
     for _ in range(steps):
-        grads = {"w": random_array(rng, (members, 3, 2), "float32"), "b": random_array(rng, (members, 2), "complex64")}
+        grads = {
+            "w": random_array(rng, (members, 3, 2), "float32"),
+            "b": random_array(rng, (members, 2), "complex64"),
+        }
         for m in range(members):
             torch_params[m][0].grad = to_torch(grads["b"][m])
             torch_params[m][1].grad = to_torch(grads["w"][m])
@@ -61,10 +73,16 @@ def test_vmap_steps_an_ensemble_like_separate_torch_optimizers():
         updates, state = update(jax.tree.map(jnp.asarray, grads), state, params)
         params = optax.apply_updates(params, updates)
     for m in range(members):
-        torch.testing.assert_close(to_torch(np.asarray(params["b"][m])), torch_params[m][0].detach())
-        torch.testing.assert_close(to_torch(np.asarray(params["w"][m])), torch_params[m][1].detach())
+        torch.testing.assert_close(
+            to_torch(np.asarray(params["b"][m])), torch_params[m][0].detach()
+        )
+        torch.testing.assert_close(
+            to_torch(np.asarray(params["w"][m])), torch_params[m][1].detach()
+        )
         tstate = torch_opts[m].state[torch_params[m][1]]
-        torch.testing.assert_close(to_torch(np.asarray(state.momentum_buffer["w"][m])), tstate["momentum_buffer"])
+        torch.testing.assert_close(
+            to_torch(np.asarray(state.momentum_buffer["w"][m])), tstate["momentum_buffer"]
+        )
     np.testing.assert_array_equal(np.asarray(state.step["w"]), np.full(members, steps))
 
 
@@ -79,10 +97,13 @@ def _loss_after_steps(lr, params0, target, steps, **hyper):
 
 def test_grad_through_update_with_respect_to_lr_matches_finite_differences():
     rng = np.random.default_rng(2)
-    params0 = [jnp.asarray(random_array(rng, (4, 3), "float64")), jnp.asarray(random_array(rng, (3,), "float64"))]
+    params0 = [
+        jnp.asarray(random_array(rng, (4, 3), "float64")),
+        jnp.asarray(random_array(rng, (3,), "float64")),
+    ]
     target = [jnp.asarray(random_array(rng, p.shape, "float64")) for p in params0]
     hyper = {"momentum": 0.9, "centered": True, "weight_decay": 0.1}
-    loss = lambda lr: _loss_after_steps(lr, params0, target, 5, **hyper)  # noqa: E731
+    loss = lambda lr: _loss_after_steps(lr, params0, target, 5, **hyper)
     lr, h = 0.01, 1e-6
     analytic = jax.grad(loss)(lr)
     numeric = (loss(lr + h) - loss(lr - h)) / (2 * h)
@@ -96,7 +117,7 @@ def test_grad_through_update_with_respect_to_initial_params():
     rng = np.random.default_rng(3)
     params0 = [jnp.asarray(random_array(rng, (3,), "float64"))]
     target = [jnp.zeros(3, jnp.float64)]
-    loss = lambda p: _loss_after_steps(0.05, p, target, 3, momentum=0.5)  # noqa: E731
+    loss = lambda p: _loss_after_steps(0.05, p, target, 3, momentum=0.5)
     analytic = jax.grad(loss)(params0)[0]
     for i in range(3):
         e = jnp.zeros(3, jnp.float64).at[i].set(1e-6)
@@ -114,8 +135,13 @@ def test_inject_hyperparams_changes_between_steps_like_torch_param_groups():
     torch_params = [to_torch(x).requires_grad_(True) for x in init]
     torch_opt = torch.optim.RMSprop(torch_params, centered=True, **start)
     update = jax.jit(opt.update)
-    changes = {5: {"lr": 0.03}, 10: {"alpha": 0.9, "eps": 1e-3}, 15: {"weight_decay": 0.1},
-               20: {"momentum": 0.9}, 25: {"momentum": 0.0, "lr": 0.002}}
+    changes = {
+        5: {"lr": 0.03},
+        10: {"alpha": 0.9, "eps": 1e-3},
+        15: {"weight_decay": 0.1},
+        20: {"momentum": 0.9},
+        25: {"momentum": 0.0, "lr": 0.002},
+    }
     for k in range(30):
         for name, value in changes.get(k, {}).items():
             state.hyperparams[name] = jnp.asarray(value, state.hyperparams[name].dtype)
@@ -132,7 +158,9 @@ def test_inject_hyperparams_changes_between_steps_like_torch_param_groups():
 
 
 def test_inject_hyperparams_lr_schedule():
-    opt = optax.inject_hyperparams(jrmsprop.rmsprop)(lr=optax.linear_schedule(0.1, 0.0, 10), momentum=0.9)
+    opt = optax.inject_hyperparams(jrmsprop.rmsprop)(
+        lr=optax.linear_schedule(0.1, 0.0, 10), momentum=0.9
+    )
     params = {"w": jnp.ones(3)}
     state = opt.init(params)
     lrs = []

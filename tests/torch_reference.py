@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -72,19 +73,34 @@ def assert_matches_torch(
     bufs = jax.tree.leaves(state.momentum_buffer) if state.momentum_buffer is not None else None
     gavg = jax.tree.leaves(state.grad_avg) if state.grad_avg is not None else None
     for i, (leaf, tp) in enumerate(zip(leaves, torch_params, strict=True)):
-        torch.testing.assert_close(as_comparable(leaf), tp.detach(), msg=lambda m, i=i: f"param {i}: {m}", **tol)
+        torch.testing.assert_close(
+            as_comparable(leaf), tp.detach(), msg=lambda m, i=i: f"param {i}: {m}", **tol
+        )
         tstate = torch_opt.state.get(tp, {})
         if not tstate:  # torch creates state lazily at the first gradient
             assert int(steps[i]) == 0, f"param {i}: torch never stepped it, jrmsprop did"
             continue
         assert int(steps[i]) == int(tstate["step"]), f"param {i}: step"
-        torch.testing.assert_close(as_comparable(sq[i]), tstate["square_avg"], msg=lambda m, i=i: f"square_avg {i}: {m}", **tol)
+        torch.testing.assert_close(
+            as_comparable(sq[i]),
+            tstate["square_avg"],
+            msg=lambda m, i=i: f"square_avg {i}: {m}",
+            **tol,
+        )
         if "momentum_buffer" in tstate:
             torch.testing.assert_close(
-                as_comparable(bufs[i]), tstate["momentum_buffer"], msg=lambda m, i=i: f"momentum_buffer {i}: {m}", **tol
+                as_comparable(bufs[i]),
+                tstate["momentum_buffer"],
+                msg=lambda m, i=i: f"momentum_buffer {i}: {m}",
+                **tol,
             )
         if "grad_avg" in tstate:
-            torch.testing.assert_close(as_comparable(gavg[i]), tstate["grad_avg"], msg=lambda m, i=i: f"grad_avg {i}: {m}", **tol)
+            torch.testing.assert_close(
+                as_comparable(gavg[i]),
+                tstate["grad_avg"],
+                msg=lambda m, i=i: f"grad_avg {i}: {m}",
+                **tol,
+            )
     if torch_opt.state:
         first = next(iter(torch_opt.state.values()))
         assert (bufs is not None) == ("momentum_buffer" in first), "momentum_buffer presence"
@@ -100,7 +116,7 @@ def run_side_by_side(
     seed: int = 0,
     none_prob: float = 0.2,
     shapes: Any = SHAPES,
-    lr_schedule: Optional[Callable[[Any], Any]] = None,
+    lr_schedule: Callable[[Any], Any] | None = None,
     jit: bool = True,
     **tol: Any,
 ) -> None:
@@ -111,7 +127,7 @@ def run_side_by_side(
     torch's ``param_groups[0]["lr"]`` is set to ``lr_schedule(k)`` before step ``k``.
     """
     rng = np.random.default_rng(seed)
-    is_shape = lambda s: isinstance(s, tuple)  # noqa: E731
+    is_shape = lambda s: isinstance(s, tuple)
     init = jax.tree.map(lambda s: random_array(rng, s, dtype), shapes, is_leaf=is_shape)
     params = jax.tree.map(jnp.asarray, init)
     torch_params = [to_torch(x).requires_grad_(True) for x in jax.tree.leaves(init)]
@@ -137,7 +153,9 @@ def run_side_by_side(
         if lr_schedule is not None:
             torch_opt.param_groups[0]["lr"] = float(lr_schedule(k))
         torch_opt.step()
-        grads = jax.tree.unflatten(treedef, [None if g is None else jnp.asarray(g) for g in grads_np])
+        grads = jax.tree.unflatten(
+            treedef, [None if g is None else jnp.asarray(g) for g in grads_np]
+        )
         updates, state = update(grads, state, params)
         params = optax.apply_updates(params, updates)
         if (k + 1) % 25 == 0 or k + 1 == steps:
