@@ -693,7 +693,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print("\nunavailable: " + "; ".join(f"{k}: {v}" for k, v in missing.items()))
     print(f"\nload average before/after: {load_before} / {_load()}; wall {doc['meta']['wall_s']:.0f} s")
     if not args.no_plot:
-        plot(doc["results"], args.sweep_elements, os.path.join(args.out, "bench.png"))
+        try:
+            plot(doc["results"], args.sweep_elements, os.path.join(args.out, "bench.png"))
+        except ImportError:
+            print("no plot: matplotlib is not installed (pip install matplotlib)")
     return doc
 
 
