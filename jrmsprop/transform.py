@@ -7,14 +7,15 @@ the stateful adapter, the parallel helpers) wraps it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional, Union
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-Scalar = Union[float, jax.Array]
-ScalarOrSchedule = Union[float, jax.Array, Callable[[jax.Array], Any]]
+Scalar = float | jax.Array
+ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], Any]
 
 _HYPERPARAM_ERRORS = (
     ("lr", "Invalid learning rate: {}"),
@@ -49,7 +50,7 @@ class RMSpropState(NamedTuple):
     grad_avg: Any
 
 
-def _concrete_number(x: Any) -> Optional[float]:
+def _concrete_number(x: Any) -> float | None:
     """The real value of a number or array, or ``None`` when it is traced."""
     try:
         return float(jnp.real(jnp.asarray(x)))
@@ -102,8 +103,8 @@ def rmsprop_math(
     param: jax.Array,
     grad: jax.Array,
     square_avg: jax.Array,
-    grad_avg: Optional[jax.Array],
-    momentum_buffer: Optional[jax.Array],
+    grad_avg: jax.Array | None,
+    momentum_buffer: jax.Array | None,
     *,
     lr: Scalar,
     alpha: Scalar,
@@ -112,7 +113,7 @@ def rmsprop_math(
     momentum: Scalar,
     maximize: bool,
     storage_dtype: Any = None,
-) -> tuple[jax.Array, jax.Array, Optional[jax.Array], Optional[jax.Array]]:
+) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
     """One step of torch's RMSprop on one real parameter, in torch's order.
 
     ``grad_avg`` is ``None`` unless centered; ``momentum_buffer`` is ``None``
@@ -154,14 +155,14 @@ def rmsprop_math(
     return update, square_avg, grad_avg, momentum_buffer
 
 
-def _components(x: Optional[jax.Array], is_complex: bool) -> tuple:
+def _components(x: jax.Array | None, is_complex: bool) -> tuple:
     """``torch.view_as_real`` for elementwise math: (real, imag) or (x,)."""
     if x is None:
         return (None, None) if is_complex else (None,)
     return (jnp.real(x), jnp.imag(x)) if is_complex else (x,)
 
 
-def _join(parts: tuple, is_complex: bool) -> Optional[jax.Array]:
+def _join(parts: tuple, is_complex: bool) -> jax.Array | None:
     if parts[0] is None:
         return None
     return jax.lax.complex(*parts) if is_complex else parts[0]
@@ -217,8 +218,7 @@ def check_leaves(tree: Any, what: str) -> None:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         dtype = getattr(leaf, "dtype", None)
         if dtype is None or not (
-            jnp.issubdtype(dtype, jnp.floating)
-            or jnp.issubdtype(dtype, jnp.complexfloating)
+            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating)
         ):
             raise TypeError(
                 f"rmsprop: {what} leaf {_path_str(path)} is {_describe(leaf)}; "
@@ -260,9 +260,7 @@ def _check_pair(path, leaf, ref, what: str, ref_what: str) -> None:
 
 def _check_state(state: Any, centered: bool, momentum: Any) -> None:
     if not isinstance(state, RMSpropState):
-        raise TypeError(
-            f"rmsprop: state must be an RMSpropState, got {type(state).__name__}"
-        )
+        raise TypeError(f"rmsprop: state must be an RMSpropState, got {type(state).__name__}")
     if centered and state.grad_avg is None:
         raise ValueError(
             "rmsprop: state has no grad_avg but the transformation is centered: "
@@ -362,13 +360,14 @@ def rmsprop(
       >>> updates, state = opt.update(grads, state, params)
       >>> params = optax.apply_updates(params, updates)
     """
-    check_hyperparams(
-        lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum
-    )
+    check_hyperparams(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
 
     def init_fn(params: Any) -> RMSpropState:
         check_leaves(params, "params")
-        zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
+
+        def zeros():
+            return jax.tree.map(jnp.zeros_like, params)
+
         return RMSpropState(
             count=jnp.zeros([], jnp.int32),
             step=jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params),
@@ -426,21 +425,20 @@ def rmsprop(
             grad_avg_leaves,
             buffer_leaves,
         ):
-            if g is None:
-                out_updates.append(jnp.full_like(s, -0.0))
-                out_step.append(step)
-                out_sq.append(s)
-                out_ga.append(a)
-                out_buf.append(m)
-                continue
-            u, s, a, m = _step_leaf(p, g, s, a, m, hyper, maximize)
+            if g is None:  # torch skips the parameter: no update, no state change
+                u = jnp.full_like(s, -0.0)
+            else:
+                u, s, a, m = _step_leaf(p, g, s, a, m, hyper, maximize)
+                step = step + 1
             out_updates.append(u)
-            out_step.append(step + 1)
+            out_step.append(step)
             out_sq.append(s)
             out_ga.append(a)
             out_buf.append(m)
 
-        unflatten = lambda leaves: jax.tree.unflatten(treedef, leaves)  # noqa: E731
+        def unflatten(leaves):
+            return jax.tree.unflatten(treedef, leaves)
+
         new_state = RMSpropState(
             count=optax.safe_increment(state.count),
             step=unflatten(out_step),
@@ -451,4 +449,3 @@ def rmsprop(
         return unflatten(out_updates), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
-
