@@ -166,6 +166,11 @@ def run_sharded_state(out: dict, fsdp: bool) -> None:
     full = jrmsprop.bytes_per_device(replicated_state)
     out["bytes/state_replicated"] = np.array([full[d] for d in devices])
     out["bytes/params"] = np.array([jrmsprop.bytes_per_device(params)[d] for d in devices])
+    record_result(out, params, state)
+
+
+def record_result(out: dict, params, state) -> None:
+    """Which leaves ended up split, and every value, for the parent to compare."""
     out["layout/state_split"] = np.array(
         [not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state)]
     )
@@ -193,14 +198,7 @@ def run_zero1_explicit(out: dict) -> None:
         x, y = sharded_batch(mesh, x, y)
         params, state = train(jax.jit(step), params, state, x, y)
     out["layout/explicit"] = np.array(mesh.axis_types[0] == AxisType.Explicit)
-    out["layout/state_split"] = np.array(
-        [not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(state)]
-    )
-    out["layout/params_split"] = np.array(
-        [not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(params)]
-    )
-    out.update({f"params{k}": v for k, v in flat(params).items()})
-    out.update({f"state{k}": v for k, v in flat(state).items()})
+    record_result(out, params, state)
 
 
 def main() -> None:
