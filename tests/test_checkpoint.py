@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from torch_reference import jitted_step
 
 import jrmsprop
 
@@ -50,15 +51,6 @@ def _make_opt():
     )
 
 
-def _step_fn(opt):
-    @jax.jit
-    def step(params, state, grads):
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
-
-
 def _run(step, params, state, grads):
     for g in grads:
         params, state = step(params, state, g)
@@ -68,7 +60,7 @@ def _run(step, params, state, grads):
 def test_resumed_optax_run_is_bitwise_identical(tmp_path):
     params0, grads = _data()
     opt = _make_opt()
-    step = _step_fn(opt)  # one compiled step (per None pattern) for all three runs
+    step = jitted_step(opt)  # one compiled step (per None pattern) for all three runs
     straight = _run(step, params0, opt.init(params0), grads)
 
     params, state = _run(step, params0, opt.init(params0), grads[:BEFORE])

@@ -14,6 +14,7 @@ import optax
 import pytest
 import torch
 from torch.testing import assert_close
+from torch_reference import jitted_step
 
 import jrmsprop
 
@@ -56,8 +57,11 @@ def _assert_matches_torch(params, rms_state, torch_params, torch_opt, names=None
     """Params, and every buffer of ``rms_state`` (an RMSpropState over ``names``)."""
     names = sorted(torch_params) if names is None else names
     for name in names:
-        assert_close(np.array(params[name]), torch_params[name].detach().numpy(),
-                     msg=lambda m, n=name: f"param {n}: {m}")
+        assert_close(
+            np.array(params[name]),
+            torch_params[name].detach().numpy(),
+            msg=lambda m, n=name: f"param {n}: {m}",
+        )
         torch_state = torch_opt.state[torch_params[name]]
         assert int(rms_state.step[name]) == int(torch_state["step"]), name
         for buffer in ("square_avg", "momentum_buffer", "grad_avg"):
@@ -65,26 +69,18 @@ def _assert_matches_torch(params, rms_state, torch_params, torch_opt, names=None
             if ours is None:
                 assert buffer not in torch_state or buffer == "momentum_buffer"
                 continue
-            assert_close(np.array(ours[name]), torch_state[buffer].numpy(),
-                         msg=lambda m, n=name, b=buffer: f"{b} of {n}: {m}")
-
-
-def _step_fn(opt):
-    """One jitted training step with ``opt``."""
-
-    @jax.jit
-    def step(params, state, grads):
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    return step
+            assert_close(
+                np.array(ours[name]),
+                torch_state[buffer].numpy(),
+                msg=lambda m, n=name, b=buffer: f"{b} of {n}: {m}",
+            )
 
 
 def _train(opt, params, grads):
     """Runs ``opt`` over ``grads`` under one jit; returns params, state, #compiles."""
     params = jax.tree.map(jnp.asarray, params)
     state = opt.init(params)
-    step = _step_fn(opt)
+    step = jitted_step(opt)
     for g in grads:
         params, state = step(params, state, g)
     return params, state, step._cache_size()
@@ -99,14 +95,16 @@ def _train(opt, params, grads):
 # relative 1e-6 / norm. With max_norm = 100 that is at most 1e-8, under the
 # float64 default tolerance, so the trajectories must agree at torch's defaults.
 
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_clip_by_global_norm_chain_matches_torch_clip_grad_norm(dtype):
     max_norm = 100.0
     # Gradient norms from ~40 (not clipped) to ~4000 (clipped hard).
     scales = np.geomspace(4.0, 400.0, STEPS)[np.random.default_rng(2).permutation(STEPS)]
     grads = _grads(dtype, scales=scales)
-    norms = [np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in s.values()))
-             for s in grads]
+    norms = [
+        np.sqrt(sum(np.sum(np.square(g, dtype=np.float64)) for g in s.values())) for s in grads
+    ]
     assert min(norms) < max_norm < max(norms)  # both regimes are exercised
 
     params0 = _params(dtype)
@@ -140,11 +138,16 @@ def test_clipping_formulas_differ_by_the_documented_factor():
         # Not equal at the default tolerance: the 1e-6 is visible here.
         with pytest.raises(AssertionError):
             assert_close(np.array(ours[name]), torch_grads[name].numpy(), rtol=1e-9, atol=0)
-        assert_close(np.array(ours[name]) * (norm / (norm + 1e-6)), torch_grads[name].numpy(),
-                     rtol=1e-12, atol=0)
+        assert_close(
+            np.array(ours[name]) * (norm / (norm + 1e-6)),
+            torch_grads[name].numpy(),
+            rtol=1e-12,
+            atol=0,
+        )
 
 
 # -- inject_hyperparams --------------------------------------------------------
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_inject_hyperparams_changes_match_torch_param_groups_without_recompiling(dtype):
@@ -154,7 +157,7 @@ def test_inject_hyperparams_changes_match_torch_param_groups_without_recompiling
     )
     params = jax.tree.map(jnp.asarray, params0)
     state = opt.init(params)
-    step = _step_fn(opt)
+    step = jitted_step(opt)
 
     torch_params = _torch_params(params0)
     torch_opt = torch.optim.RMSprop(
@@ -177,6 +180,7 @@ def test_inject_hyperparams_changes_match_torch_param_groups_without_recompiling
 
 
 # -- multi_transform as param groups -------------------------------------------
+
 
 def _label(name):
     if name.startswith("head.weight"):
@@ -202,10 +206,12 @@ def test_multi_transform_equals_torch_param_groups(dtype):
     params, state, _ = _train(opt, params0, grads)
 
     torch_params = _torch_params(params0)
-    torch_opt = torch.optim.RMSprop([
-        {"params": [p for n, p in torch_params.items() if labels[n] == label], **kw}
-        for label, kw in GROUPS.items()
-    ])
+    torch_opt = torch.optim.RMSprop(
+        [
+            {"params": [p for n, p in torch_params.items() if labels[n] == label], **kw}
+            for label, kw in GROUPS.items()
+        ]
+    )
     for g in grads:
         _set_grads(torch_params, g)
         torch_opt.step()
@@ -218,12 +224,14 @@ def test_multi_transform_equals_torch_param_groups(dtype):
         _assert_matches_torch(params, inner, torch_params, torch_opt, names)
     # No decay on biases and norms really means an unchanged-by-decay path:
     # the same run with decay everywhere ends elsewhere.
-    decayed, _, _ = _train(jrmsprop.rmsprop(lr=1e-2, weight_decay=0.1, momentum=0.9),
-                           params0, grads)
+    decayed, _, _ = _train(
+        jrmsprop.rmsprop(lr=1e-2, weight_decay=0.1, momentum=0.9), params0, grads
+    )
     assert not np.allclose(decayed["norm.weight"], params["norm.weight"])
 
 
 # -- MultiSteps gradient accumulation ------------------------------------------
+
 
 def test_multisteps_equals_torch_gradient_accumulation():
     k = 4
@@ -232,7 +240,7 @@ def test_multisteps_equals_torch_gradient_accumulation():
     opt = optax.MultiSteps(jrmsprop.rmsprop(momentum=0.9, centered=True), every_k_schedule=k)
     params = jax.tree.map(jnp.asarray, params0)
     state = opt.init(params)
-    step = _step_fn(opt)
+    step = jitted_step(opt)
 
     torch_params = _torch_params(params0)
     torch_opt = torch.optim.RMSprop(torch_params.values(), momentum=0.9, centered=True)
@@ -256,17 +264,19 @@ def test_multisteps_equals_torch_gradient_accumulation():
 
 # -- apply_if_finite -----------------------------------------------------------
 
+
 def test_apply_if_finite_skips_a_nan_step_with_params_and_state_intact():
     dtype = np.float32
     params0, grads = _params(dtype), _grads(dtype)
     bad_steps = {30: np.nan, 60: np.inf}
     for t, value in bad_steps.items():
         grads[t]["body.weight"][1, 2] = value
-    opt = optax.apply_if_finite(jrmsprop.rmsprop(momentum=0.9, centered=True),
-                                max_consecutive_errors=3)
+    opt = optax.apply_if_finite(
+        jrmsprop.rmsprop(momentum=0.9, centered=True), max_consecutive_errors=3
+    )
     params = jax.tree.map(jnp.asarray, params0)
     state = opt.init(params)
-    step = _step_fn(opt)
+    step = jitted_step(opt)
 
     torch_params = _torch_params(params0)
     torch_opt = torch.optim.RMSprop(torch_params.values(), momentum=0.9, centered=True)
@@ -276,8 +286,10 @@ def test_apply_if_finite_skips_a_nan_step_with_params_and_state_intact():
         if t in bad_steps:
             assert not bool(state.last_finite)
             assert int(state.notfinite_count) == 1
-            for a, b in zip(jax.tree.leaves((before_params, before_state.inner_state)),
-                            jax.tree.leaves((params, state.inner_state))):
+            for a, b in zip(
+                jax.tree.leaves((before_params, before_state.inner_state)),
+                jax.tree.leaves((params, state.inner_state)),
+            ):
                 np.testing.assert_array_equal(a, b)  # bit for bit, NaN nowhere
             continue  # torch: the usual guard, `if torch.isfinite(loss): opt.step()`
         _set_grads(torch_params, g)
@@ -290,8 +302,9 @@ def test_apply_if_finite_skips_a_nan_step_with_params_and_state_intact():
 def test_readme_optax_block_runs():
     """The README's ecosystem optax snippet is real code, not prose."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("<!-- section: ecosystem -->"):
-                     readme.index("<!-- end: ecosystem -->")]
+    section = readme[
+        readme.index("<!-- section: ecosystem -->") : readme.index("<!-- end: ecosystem -->")
+    ]
     block = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0]
     namespace = {}
     exec(compile(block, "README.md ecosystem block 0", "exec"), namespace)  # noqa: S102

@@ -233,19 +233,27 @@ def test_zero1_on_explicit_mesh_axes_with_params_resharded(reference):
     assert_matches(out, reference)
 
 
-def test_two_processes_over_gloo_equal_single_process(reference, tmp_path):
+def two_process_commands(out_dir: str) -> list:
+    """multihost_prog.py as ranks 0 and 1 on a free loopback port, one device each."""
     port = free_port()
-    cmds = []
-    for rank in range(2):
-        cmd = [
-            sys.executable,
-            os.path.join(PROGS, "multihost_prog.py"),
-            f"127.0.0.1:{port}",
-            "2",
-            str(rank),
-            str(tmp_path / f"rank{rank}.npz"),
-        ]
-        cmds.append((cmd, _env(1)))
+    return [
+        (
+            [
+                sys.executable,
+                os.path.join(PROGS, "multihost_prog.py"),
+                f"127.0.0.1:{port}",
+                "2",
+                str(rank),
+                os.path.join(out_dir, f"rank{rank}.npz"),
+            ],
+            _env(1),
+        )
+        for rank in range(2)
+    ]
+
+
+def test_two_processes_over_gloo_equal_single_process(reference, tmp_path):
+    cmds = two_process_commands(str(tmp_path))
     _check_ran(run_processes(cmds), "multihost_prog.py (2 processes)")
     outs = []
     for rank in range(2):

@@ -160,3 +160,14 @@ def run_side_by_side(
         params = optax.apply_updates(params, updates)
         if (k + 1) % 25 == 0 or k + 1 == steps:
             assert_matches_torch(params, state, torch_params, torch_opt, **tol)
+
+
+def jitted_step(opt: optax.GradientTransformation) -> Callable:
+    """``(params, state, grads) -> (params, state)``: one jitted optax step with ``opt``."""
+
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return step

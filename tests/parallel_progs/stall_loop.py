@@ -22,8 +22,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # tests/, for test_parallel's runner
 
-from common import free_port
-from test_parallel import DEVICES, _env, run_processes
+from test_parallel import DEVICES, _env, run_processes, two_process_commands
 
 MODES = ["pmap", "shard_map", "jit", "zero1", "fsdp", "zero1_explicit"]
 
@@ -44,22 +43,7 @@ def one_suite(tmp: str) -> dict:
     for mode in MODES:
         cmd = [sys.executable, os.path.join(HERE, "dp_prog.py"), mode, f"{tmp}/{mode}.npz"]
         outcomes[mode] = classify(run_processes([(cmd, _env(DEVICES))]))
-    port = free_port()
-    cmds = [
-        (
-            [
-                sys.executable,
-                os.path.join(HERE, "multihost_prog.py"),
-                f"127.0.0.1:{port}",
-                "2",
-                str(rank),
-                f"{tmp}/rank{rank}.npz",
-            ],
-            _env(1),
-        )
-        for rank in range(2)
-    ]
-    outcomes["multihost"] = classify(run_processes(cmds))
+    outcomes["multihost"] = classify(run_processes(two_process_commands(tmp)))
     return outcomes
 
 
