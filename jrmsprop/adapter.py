@@ -19,14 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop.transform import (
-    _HYPERPARAM_ERRORS,
-    RMSpropState,
-    _check_pair,
-    _path_str,
-    check_leaves,
-    rmsprop,
-)
+from jrmsprop.transform import RMSpropState, rmsprop
+from jrmsprop.validation import HYPERPARAM_ERRORS, check_leaves, check_pair, path_str
 
 _HYPER_NAMES = ("lr", "alpha", "eps", "weight_decay", "momentum")
 _BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
@@ -143,7 +137,7 @@ def _step_impl(
     """
     with_path = jax.tree_util.tree_flatten_with_path(gradients, is_leaf=_is_none)[0]
     for (path, g), p in zip(with_path, params):
-        _check_pair(path, g, p, "gradients", "params")
+        check_pair(path, g, p, "gradients", "params")
     grads = [g for _, g in with_path]
     units = _group_positions([p.dtype for p in params], foreach)
     new_params = list(params)
@@ -226,7 +220,7 @@ def _hyper_value(name: str, value: Any) -> float:
             f"got {type(value).__name__}"
         ) from None
     if not 0.0 <= number:  # also rejects NaN
-        raise ValueError(dict(_HYPERPARAM_ERRORS)[name].format(number))
+        raise ValueError(HYPERPARAM_ERRORS[name].format(number))
     return number
 
 
@@ -237,7 +231,7 @@ def _check_distinct(leaves: list, paths: list) -> None:
         j = first.setdefault(id(leaf), i)
         if j != i:
             raise ValueError(
-                f"FunctionalRMSprop: params {_path_str(paths[j])} and {_path_str(paths[i])} are "
+                f"FunctionalRMSprop: params {path_str(paths[j])} and {path_str(paths[i])} are "
                 "the same array; each parameter needs its own array (the step donates them)"
             )
 
@@ -456,16 +450,16 @@ class FunctionalRMSprop:
                     f"FunctionalRMSprop: param_group['params'] leaf {i} is a "
                     f"{type(p).__name__}, not an array"
                 )
-            _check_pair(paths[i], p, _Spec(shapes[i], dtypes[i]), "params", "the optimizer state")
+            check_pair(paths[i], p, _Spec(shapes[i], dtypes[i]), "params", "the optimizer state")
             if g is not None and not isinstance(g, _ARRAY_TYPES):
                 raise TypeError(
-                    f"FunctionalRMSprop: gradient {_path_str(paths[i])} is a "
+                    f"FunctionalRMSprop: gradient {path_str(paths[i])} is a "
                     f"{type(g).__name__}, not an array"
                 )
-            _check_pair(paths[i], g, p, "gradients", "params")
+            check_pair(paths[i], g, p, "gradients", "params")
             if g is p:
                 raise ValueError(
-                    f"FunctionalRMSprop: the gradient at {_path_str(paths[i])} is the parameter "
+                    f"FunctionalRMSprop: the gradient at {path_str(paths[i])} is the parameter "
                     "array itself, which the step donates: pass a copy"
                 )
 

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop.transform import RMSpropState, check_hyperparams
+from jrmsprop.transform import RMSpropState
+from jrmsprop.validation import check_hyperparams
 
 # jrmsprop.rmsprop's keyword arguments, with its defaults.
 _DEFAULTS = {
@@ -41,8 +42,7 @@ def _import_torch():
         import torch
     except ImportError as error:
         raise ImportError(
-            "jrmsprop's torch interop needs PyTorch, which is not installed: "
-            "pip install torch"
+            "jrmsprop's torch interop needs PyTorch, which is not installed: pip install torch"
         ) from error
     return torch
 

@@ -14,18 +14,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-Scalar = float | jax.Array
-ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], Any]
-
-_HYPERPARAM_ERRORS = (
-    ("lr", "Invalid learning rate: {}"),
-    ("eps", "Invalid epsilon value: {}"),
-    ("momentum", "Invalid momentum value: {}"),
-    ("weight_decay", "Invalid weight_decay value: {}"),
-    ("alpha", "Invalid alpha value: {}"),
+from jrmsprop.validation import (
+    check_hyperparams,
+    check_leaves,
+    check_pair,
+    concrete_number,
+    path_str,
 )
 
-_SUPPORTED_DTYPES = "float16, bfloat16, float32, float64, complex64 or complex128"
+Scalar = float | jax.Array
+ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], Any]
 
 
 class RMSpropState(NamedTuple):
@@ -48,29 +46,6 @@ class RMSpropState(NamedTuple):
     square_avg: Any
     momentum_buffer: Any
     grad_avg: Any
-
-
-def _concrete_number(x: Any) -> float | None:
-    """The real value of a number or array, or ``None`` when it is traced."""
-    try:
-        return float(jnp.real(jnp.asarray(x)))
-    except jax.errors.ConcretizationTypeError:
-        return None
-
-
-def check_hyperparams(**hyperparams: Any) -> None:
-    """Raises torch's ``ValueError`` for a negative (or NaN) hyperparameter.
-
-    Values that are traced (inside ``jit``/``grad``) or schedules are skipped:
-    they cannot be read here.
-    """
-    for name, message in _HYPERPARAM_ERRORS:
-        value = hyperparams.get(name)
-        if value is None or callable(value):
-            continue
-        number = _concrete_number(value)
-        if number is not None and not 0.0 <= number:
-            raise ValueError(message.format(number))
 
 
 def _hyper(value: Scalar, dtype: Any) -> Scalar:
@@ -168,7 +143,7 @@ def _join(parts: tuple, is_complex: bool) -> jax.Array | None:
     return jax.lax.complex(*parts) if is_complex else parts[0]
 
 
-def _step_leaf(param, grad, square_avg, grad_avg, momentum_buffer, hyper, maximize):
+def step_leaf(param, grad, square_avg, grad_avg, momentum_buffer, hyper, maximize):
     """:func:`rmsprop_math` on one leaf, complex leaves as (real, imag).
 
     float16 and bfloat16 leaves are computed in float32 and stored back in
@@ -201,32 +176,6 @@ def _step_leaf(param, grad, square_avg, grad_avg, momentum_buffer, hyper, maximi
     return tuple(None if x is None else x.astype(dtype) for x in joined)
 
 
-def _path_str(path) -> str:
-    return jax.tree_util.keystr(path) or "<root>"
-
-
-def _describe(x: Any) -> str:
-    if x is None:
-        return "None"
-    if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return f"{jnp.dtype(x.dtype).name}{list(x.shape)}"
-    return type(x).__name__
-
-
-def check_leaves(tree: Any, what: str) -> None:
-    """``TypeError`` naming the path of a leaf that is not a float/complex array."""
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        dtype = getattr(leaf, "dtype", None)
-        if dtype is None or not (
-            jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating)
-        ):
-            raise TypeError(
-                f"rmsprop: {what} leaf {_path_str(path)} is {_describe(leaf)}; "
-                f"RMSprop steps only {_SUPPORTED_DTYPES} arrays "
-                "(integer and boolean parameters cannot be optimized, as in torch)"
-            )
-
-
 def _flatten_like(reference_def, tree: Any, what: str, reference_what: str):
     """Leaves of ``tree`` (``None`` kept as a leaf) checked against a treedef."""
     leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: x is None)
@@ -236,26 +185,6 @@ def _flatten_like(reference_def, tree: Any, what: str, reference_what: str):
             f"{what} is {treedef}, {reference_what} is {reference_def}"
         )
     return leaves
-
-
-def _check_pair(path, leaf, ref, what: str, ref_what: str) -> None:
-    if leaf is None:
-        return
-    if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
-        raise TypeError(
-            f"rmsprop: {what} leaf {_path_str(path)} is a {type(leaf).__name__}, "
-            f"not an array ({ref_what} there is {_describe(ref)})"
-        )
-    if tuple(leaf.shape) != tuple(ref.shape):
-        raise ValueError(
-            f"rmsprop: shape mismatch at {_path_str(path)}: {what} has shape "
-            f"{tuple(leaf.shape)}, {ref_what} has shape {tuple(ref.shape)}"
-        )
-    if jnp.dtype(leaf.dtype) != jnp.dtype(ref.dtype):
-        raise TypeError(
-            f"rmsprop: dtype mismatch at {_path_str(path)}: {what} is "
-            f"{jnp.dtype(leaf.dtype).name}, {ref_what} is {jnp.dtype(ref.dtype).name}"
-        )
 
 
 def _check_state(state: Any, centered: bool, momentum: Any) -> None:
@@ -286,7 +215,7 @@ def _wants_momentum_buffer(momentum: Any) -> bool:
     cannot be read and a buffer with momentum 0 gives torch's momentum-free
     result.
     """
-    number = _concrete_number(momentum)
+    number = concrete_number(momentum)
     return True if number is None else number > 0
 
 
@@ -390,15 +319,15 @@ def rmsprop(
         paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(state.square_avg)[0]]
         grad_leaves = _flatten_like(treedef, updates, "grads", "the optimizer state")
         for path, g, s in zip(paths, grad_leaves, square_avg_leaves):
-            _check_pair(path, g, s, "grads", "the optimizer state")
+            check_pair(path, g, s, "grads", "the optimizer state")
         if params is None:
             param_leaves = [None] * len(square_avg_leaves)
         else:
             param_leaves = _flatten_like(treedef, params, "params", "the optimizer state")
             for path, p, s in zip(paths, param_leaves, square_avg_leaves):
                 if p is None:
-                    raise ValueError(f"rmsprop: params leaf {_path_str(path)} is None")
-                _check_pair(path, p, s, "params", "the optimizer state")
+                    raise ValueError(f"rmsprop: params leaf {path_str(path)} is None")
+                check_pair(path, p, s, "params", "the optimizer state")
 
         def leaves_or_nones(tree):
             if tree is None:
@@ -428,7 +357,7 @@ def rmsprop(
             if g is None:  # torch skips the parameter: no update, no state change
                 u = jnp.full_like(s, -0.0)
             else:
-                u, s, a, m = _step_leaf(p, g, s, a, m, hyper, maximize)
+                u, s, a, m = step_leaf(p, g, s, a, m, hyper, maximize)
                 step = step + 1
             out_updates.append(u)
             out_step.append(step)
