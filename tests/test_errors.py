@@ -147,4 +147,4 @@ def test_a_failed_update_changes_nothing():
     after = [np.array(x) for x in (params["w"], state.square_avg["w"], state.momentum_buffer["w"])]
     for b, a in zip(before, after):
         np.testing.assert_array_equal(b, a)
-    assert int(state.step["w"]) == 1 and int(state.count) == 1
+    assert int(state.step[0]) == 1 and int(state.count) == 1

@@ -56,6 +56,11 @@ def _set_grads(torch_params, grads):
 def _assert_matches_torch(params, rms_state, torch_params, torch_opt, names=None):
     """Params, and every buffer of ``rms_state`` (an RMSpropState over ``names``)."""
     names = sorted(torch_params) if names is None else names
+    # state.step has one entry per leaf of the state's params, in leaf order.
+    leaf_keys = [
+        jax.tree_util.keystr(path)
+        for path, _ in jax.tree_util.tree_flatten_with_path(rms_state.square_avg)[0]
+    ]
     for name in names:
         assert_close(
             np.array(params[name]),
@@ -63,7 +68,7 @@ def _assert_matches_torch(params, rms_state, torch_params, torch_opt, names=None
             msg=lambda m, n=name: f"param {n}: {m}",
         )
         torch_state = torch_opt.state[torch_params[name]]
-        assert int(rms_state.step[name]) == int(torch_state["step"]), name
+        assert int(rms_state.step[leaf_keys.index(f"[{name!r}]")]) == int(torch_state["step"]), name
         for buffer in ("square_avg", "momentum_buffer", "grad_avg"):
             ours = getattr(rms_state, buffer)
             if ours is None:

@@ -83,7 +83,7 @@ def test_vmap_steps_an_ensemble_like_separate_torch_optimizers():
         torch.testing.assert_close(
             to_torch(np.asarray(state.momentum_buffer["w"][m])), tstate["momentum_buffer"]
         )
-    np.testing.assert_array_equal(np.asarray(state.step["w"]), np.full(members, steps))
+    np.testing.assert_array_equal(np.asarray(state.step[:, 0]), np.full(members, steps))
 
 
 def _loss_after_steps(lr, params0, target, steps, **hyper):
