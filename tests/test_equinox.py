@@ -9,6 +9,7 @@ The pattern: ``opt.init(eqx.filter(model, eqx.is_array))``, gradients from
 skipped.
 """
 
+import copy
 import re
 import subprocess
 import sys
@@ -35,6 +36,7 @@ KWARGS = {"lr": 1e-3, "centered": True, "momentum": 0.9, "weight_decay": 0.01}
 # float64: both sides compute the same formulas in double precision, so after 100 steps they
 # agree far below assert_close's float64 defaults; float32: torch's default tolerances.
 TOLERANCES = {"float64": {"rtol": 1e-10, "atol": 1e-12}, "float32": {}}
+BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
 DTYPES = {"float64": (jnp.float64, torch.float64), "float32": (jnp.float32, torch.float32)}
 
 
@@ -130,11 +132,38 @@ def _train_adapter(model, x, y, steps=STEPS, **kwargs):
     return eqx.combine(opt.param_group["params"], static), opt, np.array(losses)
 
 
+def _buffer_tolerances(dtype: str, net: torch.nn.Module, x, y) -> dict[str, dict]:
+    """assert_close tolerances for each state buffer.
+
+    float64: tight. float32: torch's defaults, with atol widened to twice torch's own float32
+    error where that is larger: the same torch run in float64 from the same weights measures it.
+    The momentum buffer needs it: it sums ``g / (sqrt(v - grad_avg**2) + eps)``, whose centered
+    variance cancels digits (measured: torch float32 is 4e-5 from float64 there, jrmsprop
+    float32 5e-5 from torch float32; params agree to 3e-7).
+    """
+    if dtype == "float64":
+        return dict.fromkeys(BUFFERS, TOLERANCES["float64"])
+    net32, net64 = copy.deepcopy(net), copy.deepcopy(net).double()
+    opt32, _ = _torch_train(net32, net32.parameters(), x, y, **KWARGS)
+    opt64, _ = _torch_train(
+        net64, net64.parameters(), x.astype("float64"), y.astype("float64"), **KWARGS
+    )
+    tolerances = {}
+    for name in BUFFERS:
+        own = max(
+            float(torch.max(torch.abs(opt32.state[p][name].double() - opt64.state[q][name])))
+            for p, q in zip(net32.parameters(), net64.parameters())
+        )
+        tolerances[name] = {"rtol": 1.3e-6, "atol": max(1e-5, 2 * own)}
+    return tolerances
+
+
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_filter_pattern_with_rmsprop_trains_like_torch(dtype):
     x, y = _data(dtype)
     model = _mlp(dtype)
     net = _torch_mlp(model)
+    buffer_tol = _buffer_tolerances(dtype, net, x, y)
     model, state, losses = _train_pure(model, jnp.asarray(x), jnp.asarray(y), **KWARGS)
     torch_opt, torch_losses = _torch_train(net, net.parameters(), x, y, **KWARGS)
 
@@ -147,10 +176,10 @@ def test_filter_pattern_with_rmsprop_trains_like_torch(dtype):
     params = eqx.filter(model, eqx.is_array)
     assert jax.tree.structure(state.square_avg) == jax.tree.structure(params)
     assert state.grad_avg.activation is None and state.square_avg.final_activation is None
-    for name in ("square_avg", "grad_avg", "momentum_buffer"):
+    for name in BUFFERS:
         buffers = jax.tree.leaves(getattr(state, name))
         torch_buffers = [torch_opt.state[p][name] for p in net.parameters()]
-        _assert_leaves_match(buffers, torch_buffers, **tol)
+        _assert_leaves_match(buffers, torch_buffers, **buffer_tol[name])
     assert np.asarray(state.step).tolist() == [STEPS] * len(jax.tree.leaves(params))
 
 
@@ -159,6 +188,7 @@ def test_partitioned_model_with_functional_rmsprop_trains_like_torch(dtype):
     x, y = _data(dtype)
     model = _mlp(dtype)
     net = _torch_mlp(model)
+    buffer_tol = _buffer_tolerances(dtype, net, x, y)
     model, opt, losses = _train_adapter(model, jnp.asarray(x), jnp.asarray(y), **KWARGS)
     torch_opt, torch_losses = _torch_train(net, net.parameters(), x, y, **KWARGS)
 
@@ -170,9 +200,11 @@ def test_partitioned_model_with_functional_rmsprop_trains_like_torch(dtype):
     assert sorted(opt.state) == list(range(len(list(net.parameters()))))
     for i, p in enumerate(net.parameters()):
         assert int(opt.state[i]["step"]) == STEPS
-        for name in ("square_avg", "grad_avg", "momentum_buffer"):
+        for name in BUFFERS:
             assert_close(
-                torch.from_numpy(np.array(opt.state[i][name])), torch_opt.state[p][name], **tol
+                torch.from_numpy(np.array(opt.state[i][name])),
+                torch_opt.state[p][name],
+                **buffer_tol[name],
             )
 
 
@@ -365,18 +397,19 @@ def test_rmsprop_gives_the_same_update_structure_as_optax_on_an_equinox_model():
     assert jax.tree.structure(ours) == jax.tree.structure(theirs) == jax.tree.structure(params)
 
 
-def test_equinox_example_runs_and_agrees_with_torch():
+def test_equinox_example_runs_and_agrees_with_torch_to_rounding():
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "equinox_mlp.py"), "--steps", "100"],
+        [sys.executable, str(ROOT / "examples" / "equinox_mlp.py")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         check=True,
     )
-    verdict = re.search(r"largest difference.*?: ([0-9.e+-]+)", result.stdout)
-    assert verdict, result.stdout
-    assert float(verdict.group(1)) < 1e-4
-    assert "torch" in result.stdout
+    diff = re.search(r"jrmsprop vs torch .*: ([0-9.e+-]+)", result.stdout)
+    rounding = re.search(r"rounding error .*: ([0-9.e+-]+)", result.stdout)
+    assert diff and rounding, result.stdout
+    assert float(diff.group(1)) <= 2 * float(rounding.group(1)) < 1e-5
+    assert "verdict: the same trajectory" in result.stdout
 
 
 def _readme_block(name: str) -> str:
