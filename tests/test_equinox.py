@@ -402,7 +402,7 @@ def test_equinox_example_runs_and_agrees_with_torch_to_rounding():
         [sys.executable, str(ROOT / "examples" / "equinox_mlp.py")],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         check=True,
     )
     diff = re.search(r"jrmsprop vs torch .*: ([0-9.e+-]+)", result.stdout)
