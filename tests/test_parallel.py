@@ -269,26 +269,38 @@ def test_shard_state_rejects_a_leaf_that_is_not_an_array():
 EXAMPLES = os.path.join(os.path.dirname(PROGS), os.pardir, "examples")
 
 
-def test_data_parallel_example_runs_and_every_path_matches_one_device():
+def test_data_parallel_example_checks_params_and_state_against_one_device():
+    """float64 (--x64): every path within the example's stated tolerance after the first
+    and the last step, and the example exits 0 only then."""
     script = os.path.join(EXAMPLES, "data_parallel.py")
-    cmd = [sys.executable, script, "--steps", "3", "--batch", "64", "--width", "16"]
+    cmd = [sys.executable, script, "--steps", "3", "--batch", "64", "--width", "16", "--x64"]
     [(rc, output)] = run_processes([(cmd, device_env(DEVICES))])
     check_ran([(rc, output)], "examples/data_parallel.py")
+    assert "largest relative difference from one device, params and optimizer state" in output
+    assert "tolerance (float64): first step 1e-12; last step 1e-10" in output
     paths = ["pmap", "shard_map", "jit + NamedSharding", "ZeRO-1 (shard_state)", "FSDP"]
     for name in paths:
         [line] = [line for line in output.splitlines() if line.startswith(name)]
-        assert float(line[len(name) :].split()[-2]) < 1e-5, line  # float32, 3 steps
-    # Split buffers fall by 4; the scalars and the (1,) bias stay whole.
-    ratio = float(re.search(r"\(([0-9.]+)x less\)", output).group(1))
+        first, last = (float(v) for v in line[len(name) :].split()[-3:-1])
+        assert first <= 1e-12 and last <= 1e-10, line
+    # Split buffers fall by 4; count, the steps and the (1,) bias stay whole.
+    ratio = float(re.search(r"\(([0-9.]+)x less", output).group(1))
     assert 3.5 < ratio <= DEVICES, output
+    assert re.search(r"kept whole: \d+ bytes in \.count, \.step", output), output
 
 
-def test_multihost_example_spawns_two_processes_that_agree():
+def test_multihost_example_compares_two_processes_with_one():
     script = os.path.join(EXAMPLES, "multihost.py")
-    cmd = [sys.executable, script, "--spawn", "2", "--steps", "3", "--zero"]
+    cmd = [sys.executable, script, "--spawn", "2", "--steps", "3", "--zero", "--x64"]
     [(rc, output)] = run_processes([(cmd, device_env(1))])
     check_ran([(rc, output)], "examples/multihost.py --spawn 2")
     assert "2 processes, 2 devices: params agree" in output, output
+    pattern = r"2 processes vs 1 process, float64, params and optimizer state, (\w+) step: "
+    pattern += r"largest relative difference (\S+) \(tolerance (\S+)\)"
+    found = {when: (float(diff), float(bound)) for when, diff, bound in re.findall(pattern, output)}
+    assert found.keys() == {"first", "last"}, output
+    assert found["first"][0] <= 1e-12 and found["last"][0] <= 1e-10, output
+    assert "2 processes match the single-process run" in output
 
 
 def _one_device_mesh():
@@ -328,6 +340,8 @@ def test_count_and_step_stay_whole_whatever_the_rule_says(step):
     state = jrmsprop.rmsprop(momentum=0.9).init(params)
     if step == "vector":
         state = state._replace(step=jnp.zeros(4, jnp.int32))
+    else:
+        state = state._replace(step={k: jnp.zeros((), jnp.int32) for k in params})
     shardings = jrmsprop.split_shardings(state, MESH4, "data")
     for leaf in jax.tree.leaves((shardings.count, shardings.step)):
         assert leaf.spec == P()
@@ -346,10 +360,10 @@ def test_replicated_leaves_lists_what_stays_whole_with_its_bytes():
     mesh = MESH4
     params = {"embed": jnp.ones((5, 3), jnp.float32), "scale": jnp.ones((), jnp.float64)}
     state = jrmsprop.rmsprop(centered=True).init(params)
+    state = state._replace(step=jnp.zeros(2, jnp.int32))  # one int32 per leaf
     assert jrmsprop.parallel.replicated_leaves(state, mesh, "data") == {
         ".count": 4,
-        ".step['embed']": 4,
-        ".step['scale']": 4,
+        ".step": 8,
         ".square_avg['embed']": 60,  # 5 x 3: nothing divides 4
         ".square_avg['scale']": 8,
         ".grad_avg['embed']": 60,
