@@ -151,6 +151,7 @@ def test_sharded_state_saves_memory_and_equals_unsharded(reference, mode):
     assert out["bytes/state_sharded"].tolist() == [_state_bytes_after_split(state)] * DEVICES
     # The split buffers are nearly all of the state: per device it falls by ~DEVICES.
     assert out["bytes/state_sharded"][0] * DEVICES < 1.1 * replicated
+    assert (replicated, int(out["bytes/state_sharded"][0])) == (5184, 1368)  # the README's
     param_bytes = sum(a.nbytes for a in jax.tree.leaves(params))
     if mode == "fsdp":
         assert out["layout/params_split"].tolist() == _expected_split(params)

@@ -1,13 +1,15 @@
 """ZeRO-1 and FSDP on a transformer block with GPT-2's vocabulary; run in a subprocess.
 
-Usage: XLA_FLAGS=--xla_force_host_platform_device_count=N python vocab_prog.py OUT.npz [--float32]
+Usage: XLA_FLAGS=--xla_force_host_platform_device_count=N python vocab_prog.py OUT.npz
+       [--float32] [--steps S]
 
 The embedding is 50257 x 64 (tied to the output layer): its height is odd, so
 only its width splits over the devices. Trains STEPS steps on one device, then
 with the state split (ZeRO-1) and with params and state split (FSDP), and
 writes per-device bytes (each helper, and the old first-dimension-only rule
 for comparison) and the largest relative difference from the one-device run to
-OUT.npz. float64 by default, so a difference can only come from the order of
+OUT.npz, beside that of one device with its batch reversed (the same loss,
+another reduction order). float64 by default, so a difference can only come from the order of
 the batch reduction. Every step ends in jax.block_until_ready (see dp_prog.py).
 """
 
@@ -25,7 +27,8 @@ from jax.sharding import PartitionSpec as P
 
 import jrmsprop
 
-VOCAB, WIDTH, CONTEXT, SEQUENCES, STEPS = 50257, 64, 16, 8, 4
+VOCAB, WIDTH, CONTEXT, SEQUENCES = 50257, 64, 16, 8
+STEPS = int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else 4
 
 
 def make_params(dtype) -> dict:
@@ -102,12 +105,16 @@ def main() -> None:
         return optax.apply_updates(params, updates), state
 
     ref = train(jax.jit(step), params, opt.init(params), tokens)
+    # How far one device is from itself when only the order of the batch changes: the
+    # size of difference a reduction order alone makes on this model after STEPS steps.
+    reordered = train(jax.jit(step), params, opt.init(params), tokens[::-1])
 
     mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
     devices = mesh.devices.ravel().tolist()
     per_device = lambda tree: np.array([jrmsprop.bytes_per_device(tree)[d] for d in devices])
     split_tokens = jax.device_put(tokens, NamedSharding(mesh, P("data")))
     out = {"devices": np.array(len(devices))}
+    out["maxrel/one_device_reversed_batch"] = np.array(max_relative_diff(reordered, ref))
     for mode in ("zero1", "fsdp"):
         placed = (jrmsprop.shard_params if mode == "fsdp" else jrmsprop.replicate)(params, mesh)
         state = jrmsprop.shard_state(opt.init(params), mesh, "data")
