@@ -171,7 +171,8 @@ def split_shardings(
       tree: a pytree of arrays (or ``jax.ShapeDtypeStruct``), e.g. an
         :class:`~jrmsprop.RMSpropState`, the state of an ``optax.chain`` or a
         params dict.
-      mesh: the device mesh.
+      mesh: the device mesh (or a ``jax.sharding.AbstractMesh``: a layout
+        needs no devices).
       axis: name of the mesh axis the batch is split over.
       rule: ``rule(path, shape, axis, size) -> PartitionSpec`` per leaf
         (see :data:`Rule`); :func:`largest_divisible` by default.
@@ -202,7 +203,7 @@ def replicated_leaves(
 
     Args:
       tree: a pytree of arrays (or ``jax.ShapeDtypeStruct``).
-      mesh: the device mesh.
+      mesh: the device mesh (or a ``jax.sharding.AbstractMesh``).
       axis: name of the mesh axis.
       rule: the rule, as in :func:`split_shardings`.
 
