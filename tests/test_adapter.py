@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from jrmsprop import FunctionalRMSprop, adapter
+from jrmsprop import FunctionalRMSprop, units
 
 with warnings.catch_warnings():
     # torch deprecates TorchScript optimizers; the class is still the reference.
@@ -174,15 +174,15 @@ def test_foreach_equals_loop():
 def test_foreach_units_chunked_and_large_leaves_equal_loop(monkeypatch):
     # Small limits so a handful of leaves crosses every unit boundary: chunks
     # of 3 same-dtype leaves, and leaves of >= 8 elements in units of their own.
-    monkeypatch.setattr(adapter, "_UNIT_LEAVES", 3)
-    monkeypatch.setattr(adapter, "_LARGE_LEAF", 8)
+    monkeypatch.setattr(units, "UNIT_LEAVES", 3)
+    monkeypatch.setattr(units, "LARGE_LEAF", 8)
     rng = np.random.default_rng(23)
     specs = [((2,), np.float32)] * 4 + [((3, 3), np.float32), ((2,), np.complex64)] * 2
     specs += [((3,), np.float32)] * 3
     init = [_draw(rng, s, d) for s, d in specs]
     loop = FunctionalRMSprop([jnp.asarray(x) for x in init], momentum=0.2)
     fused = FunctionalRMSprop([jnp.asarray(x) for x in init], momentum=0.2, foreach=True)
-    assert fused._units == [[0, 1, 2], [3, 8, 9], [4], [5, 7], [6], [10]]
+    assert fused._layout.units == [[0, 1, 2], [3, 8, 9], [4], [5, 7], [6], [10]]
     masks = [[True] * len(specs), [k % 3 != 1 for k in range(len(specs))]]
     for mask in masks * 3:
         grads = [jnp.asarray(_draw(rng, s, d)) if m else None for (s, d), m in zip(specs, mask)]
