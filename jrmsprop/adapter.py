@@ -16,6 +16,7 @@ import operator
 import signal
 import threading
 from collections.abc import Iterator
+from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 import jax
@@ -35,6 +36,9 @@ from jrmsprop.validation import (
 )
 
 _ARRAY_TYPES = (jax.Array, np.ndarray)
+_shape = operator.attrgetter("shape")
+_dtype = operator.attrgetter("dtype")
+_is_deleted = operator.methodcaller("is_deleted")
 
 
 class _Spec(NamedTuple):
@@ -52,7 +56,8 @@ class _Plan(NamedTuple):
     hyper: np.ndarray  # HYPER_ORDER's values
     use_momentum: bool
     todo: list  # per unit to run: (unit, indices of its stepping members, their positions)
-    states: dict  # per unit to run: its state with the buffers this step uses, None otherwise
+    states: Any  # per unit to run: its state with the buffers this step uses, None otherwise
+    exact: bool  # whether those are all the buffers each unit has
 
 
 def _hyper_value(name: str, value: Any) -> float:
@@ -278,6 +283,9 @@ class FunctionalRMSprop:
         self._states: list[tuple | None] = [None] * len(self._layout.units)
         # Per position, on the host: RMSprop's math never reads ``step``, so
         # counting here costs the device nothing; which buffers it has.
+        # Invariants: a unit has a buffer iff a member has it; when centered,
+        # every position with state has a grad_avg (the setter and
+        # load_state_dict refuse otherwise).
         self._steps = np.zeros(self._n, np.int64)
         self._has_state = np.zeros(self._n, bool)
         self._has_momentum = np.zeros(self._n, bool)
@@ -392,16 +400,27 @@ class FunctionalRMSprop:
         todo = self._todo.get(stepping)
         if todo is None:
             todo = self._todo[stepping] = self._units_to_run(positions)
-        states = {}
-        for u, _, _ in todo:
-            square_avg, grad_avg, buf = self._states[u] or (None, None, None)
-            layout = self._layout
-            states[u] = (
-                layout.zeros(u) if square_avg is None else square_avg,
-                (layout.zeros(u) if grad_avg is None else grad_avg) if self._centered else None,
-                (layout.zeros(u) if buf is None else buf) if use_momentum else None,
-            )
-        return _Plan(leaves, grads, hyper, use_momentum, todo, states)
+        # Usually every unit to run has state with exactly the buffers this
+        # step uses (see the invariants in __init__): no per-unit work then.
+        exact = (
+            bool(self._has_state[positions].all())
+            and (self._centered or not self._has_grad_avg.any())
+            and (use_momentum or not self._has_momentum.any())
+        )
+        if exact:
+            states = self._states
+        else:
+            uses = (True, self._centered, use_momentum)
+            states = {u: self._used_buffers(u, uses) for u, _, _ in todo}
+        return _Plan(leaves, grads, hyper, use_momentum, todo, states, exact)
+
+    def _used_buffers(self, u: int, uses: tuple) -> tuple:
+        """Unit ``u``'s state as this step uses it: zeros where a used buffer is new, else None."""
+        state = self._states[u]
+        return tuple(
+            None if not use else self._layout.zeros(u) if b is None else b
+            for b, use in zip(state or (None, None, None), uses)
+        )
 
     def _checked_params(self, params: Any) -> list:
         """The parameter leaves, checked unless they are the arrays the last step wrote."""
@@ -426,12 +445,12 @@ class FunctionalRMSprop:
                 check_pair(self._paths[i], p, spec, "params", "the optimizer state")
                 if not isinstance(p, jax.Array):
                     leaves[i] = jnp.asarray(p)
-        for i, p in enumerate(leaves):
-            if p.is_deleted():
-                raise ValueError(
-                    f"FunctionalRMSprop: parameter {path_str(self._paths[i])} is a deleted "
-                    "array (donated to or deleted by other code); put a live array there"
-                )
+        if any(map(_is_deleted, leaves)):
+            i = next(i for i, p in enumerate(leaves) if p.is_deleted())
+            raise ValueError(
+                f"FunctionalRMSprop: parameter {path_str(self._paths[i])} is a deleted "
+                "array (donated to or deleted by other code); put a live array there"
+            )
         return leaves
 
     def _grad_list(self, gradients: Any) -> list:
@@ -451,31 +470,43 @@ class FunctionalRMSprop:
 
     def _check_grads(self, grads: list, stepping: tuple, leaves: list) -> None:
         """Type, shape, dtype of each gradient; none deleted, none donated by this step."""
-        shapes, dtypes = self._layout.shapes, self._layout.dtypes
-        donated = {
-            id(p): f"the parameter at {path_str(self._paths[i])}" for i, p in enumerate(leaves)
-        }
-        for state in self._states:
-            for buf in state or ():
-                if buf is not None:
-                    donated[id(buf)] = "a buffer of the optimizer state"
+        shapes, dtypes, paths = self._layout.shapes, self._layout.dtypes, self._paths
+        # What the step donates: parameters (id -> position) and state buffers.
+        param_ids = dict(zip(map(id, leaves), range(len(leaves))))
+        state_ids = set(map(id, chain.from_iterable(filter(None, self._states))))
+        given = [grads[i] for i in stepping]
+        if (
+            all(map(isinstance, given, repeat(jax.Array)))
+            and list(map(_shape, given)) == [shapes[i] for i in stepping]
+            and list(map(_dtype, given)) == [dtypes[i] for i in stepping]
+            and param_ids.keys().isdisjoint(map(id, given))
+            and state_ids.isdisjoint(map(id, given))
+            and not any(map(_is_deleted, given))
+        ):
+            return  # all good, checked in bulk; below, one by one for the message
         for i in stepping:
             g = grads[i]
             if not isinstance(g, _ARRAY_TYPES):
                 raise TypeError(
-                    f"FunctionalRMSprop: gradient {path_str(self._paths[i])} is a "
+                    f"FunctionalRMSprop: gradient {path_str(paths[i])} is a "
                     f"{type(g).__name__}, not an array"
                 )
             if g.shape != shapes[i] or g.dtype != dtypes[i]:
-                check_pair(self._paths[i], g, leaves[i], "gradients", "params")
-            if id(g) in donated:
+                check_pair(paths[i], g, leaves[i], "gradients", "params")
+            j = param_ids.get(id(g))
+            if j is not None or id(g) in state_ids:
+                what = (
+                    "a buffer of the optimizer state"
+                    if j is None
+                    else f"parameter {path_str(paths[j])}"
+                )
                 raise ValueError(
-                    f"FunctionalRMSprop: the gradient at {path_str(self._paths[i])} is "
-                    f"{donated[id(g)]}, which the step donates: pass a copy"
+                    f"FunctionalRMSprop: the gradient at {path_str(paths[i])} is {what}, "
+                    "which the step donates: pass a copy"
                 )
             if isinstance(g, jax.Array) and g.is_deleted():
                 raise ValueError(
-                    f"FunctionalRMSprop: the gradient at {path_str(self._paths[i])} is a "
+                    f"FunctionalRMSprop: the gradient at {path_str(paths[i])} is a "
                     "deleted array (donated to or deleted by other code)"
                 )
 
@@ -544,14 +575,15 @@ class FunctionalRMSprop:
 
     def _commit(self, plan: _Plan, ran: list) -> None:
         """Stores what ran, in one place: plain assignments that cannot fail."""
-        leaves = plan.leaves
+        leaves, states = plan.leaves, self._states
         stepped: list[int] = []
         for u, positions, new_params, new_state in ran:
             for i, p in zip(positions, new_params):
                 leaves[i] = p
-            old = self._states[u] or (None, None, None)
-            # A buffer this step did not use (None in new_state) stays as it was.
-            self._states[u] = tuple(o if n is None else n for o, n in zip(old, new_state))
+            if plan.exact or states[u] is None:
+                states[u] = new_state
+            else:  # a buffer this step did not use (None in new_state) stays as it was
+                states[u] = tuple(o if n is None else n for o, n in zip(states[u], new_state))
             stepped.extend(positions)
         self._steps[stepped] += 1
         self._has_state[stepped] = True
