@@ -528,27 +528,332 @@ def test_state_dict_round_trip_in_torch_layout(foreach):
         torch.testing.assert_close(torch.from_numpy(jp), tp)
 
 
-def test_bad_state_dict_changes_nothing():
-    opt = FunctionalRMSprop([jnp.ones(3), jnp.ones(2)], centered=True)
-    opt.step([jnp.ones(3), None])
+def _torch_state_dict(optimizer_class, **config):
+    """A real torch optimizer's state dict after one step on two params (3,) and (2,)."""
+    params = [torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)]
+    opt = optimizer_class(params, **config)
+    for p in params:
+        p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    return opt.state_dict()
+
+
+def _with_entry(good, **changes):
+    """``good`` with parameter 0's state entry changed (a value of ``...`` removes the key)."""
+    entry = {k: v for k, v in good["state"][0].items() if changes.get(k, None) is not ...}
+    entry.update({k: v for k, v in changes.items() if v is not ...})
+    return {"state": {**good["state"], 0: entry}, "param_groups": good["param_groups"]}
+
+
+def _with_group(good, **changes):
+    return {"state": good["state"], "param_groups": [{**good["param_groups"][0], **changes}]}
+
+
+# Each invalid state dict, built from a valid one (momentum 0.9, centered): (make, error, match).
+BAD_STATE_DICTS = {
+    "not a dict": (lambda good: [good], TypeError, "a state dict is a dict"),
+    "no state key": (lambda good: {"param_groups": good["param_groups"]}, ValueError, "no 'state'"),
+    "no param_groups key": (lambda good: {"state": good["state"]}, ValueError, "no 'param_groups'"),
+    "two groups": (
+        lambda good: {**good, "param_groups": good["param_groups"] * 2},
+        ValueError,
+        "different number of parameter groups",
+    ),
+    "torch Adam": (
+        lambda good: _torch_state_dict(torch.optim.Adam),
+        ValueError,
+        r"not an RMSprop state dict .*'alpha', 'momentum'.*'exp_avg', 'exp_avg_sq'",
+    ),
+    "torch SGD": (
+        lambda good: _torch_state_dict(torch.optim.SGD, lr=0.1, momentum=0.9),
+        ValueError,
+        r"not an RMSprop state dict \(the group has no 'alpha', 'eps'.*'dampening'",
+    ),
+    "group without lr": (
+        lambda good: {
+            "state": good["state"],
+            "param_groups": [{k: v for k, v in good["param_groups"][0].items() if k != "lr"}],
+        },
+        ValueError,
+        "the group has no 'lr'",
+    ),
+    "negative lr": (lambda good: _with_group(good, lr=-1.0), ValueError, "Invalid learning rate"),
+    "wrong number of params": (
+        lambda good: _with_group(good, params=[0]),
+        ValueError,
+        "doesn't match the size",
+    ),
+    "repeated index": (
+        lambda good: _with_group(good, params=[0, 0]),
+        ValueError,
+        "repeat an index",
+    ),
+    "unknown index": (
+        lambda good: {"state": {7: good["state"][0]}, "param_groups": good["param_groups"]},
+        ValueError,
+        "unknown parameter 7",
+    ),
+    "entry not a dict": (
+        lambda good: {"state": {0: 3.0}, "param_groups": good["param_groups"]},
+        TypeError,
+        "must be a dict",
+    ),
+    "momentum_buffer None": (
+        lambda good: _with_entry(good, momentum_buffer=None),
+        ValueError,
+        "has None for 'momentum_buffer'",
+    ),
+    "momentum_buffer missing": (
+        lambda good: _with_entry(good, momentum_buffer=...),
+        ValueError,
+        "has no 'momentum_buffer', which momentum=0.9",
+    ),
+    "square_avg missing": (
+        lambda good: _with_entry(good, square_avg=...),
+        ValueError,
+        "has no 'square_avg'",
+    ),
+    "square_avg None": (
+        lambda good: _with_entry(good, square_avg=None),
+        ValueError,
+        "has None for 'square_avg'",
+    ),
+    "grad_avg missing while centered": (
+        lambda good: _with_entry(good, grad_avg=...),
+        ValueError,
+        "has no 'grad_avg'",
+    ),
+    "step missing": (lambda good: _with_entry(good, step=...), ValueError, "has no 'step'"),
+    "step negative": (
+        lambda good: _with_entry(good, step=np.float32(-1)),
+        ValueError,
+        "finite non-negative integer",
+    ),
+    "step fractional": (
+        lambda good: _with_entry(good, step=np.float32(2.5)),
+        ValueError,
+        "finite non-negative integer",
+    ),
+    "step NaN": (
+        lambda good: _with_entry(good, step=float("nan")),
+        ValueError,
+        "finite non-negative integer",
+    ),
+    "step string": (
+        lambda good: _with_entry(good, step="3"),
+        ValueError,
+        "finite non-negative integer",
+    ),
+    "square_avg wrong shape": (
+        lambda good: _with_entry(good, square_avg=np.zeros(4, np.float32)),
+        ValueError,
+        r"has shape \(4,\), the parameter has shape \(3,\)",
+    ),
+    "square_avg complex for a real param": (
+        lambda good: _with_entry(good, square_avg=np.zeros(3, np.complex64)),
+        TypeError,
+        "the parameter is float32",
+    ),
+    "grad_avg object array": (
+        lambda good: _with_entry(good, grad_avg=np.array([None, None, None])),
+        TypeError,
+        "not a float or complex array",
+    ),
+    "momentum_buffer integers": (
+        lambda good: _with_entry(good, momentum_buffer=np.zeros(3, np.int32)),
+        TypeError,
+        "not a float or complex array",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_STATE_DICTS)
+def test_each_invalid_state_dict_is_refused_and_changes_nothing(case):
+    make, error, match = BAD_STATE_DICTS[case]
+    params = [jnp.ones(3, jnp.float32), jnp.ones(2, jnp.float32)]
+    opt = FunctionalRMSprop(params, momentum=0.9, centered=True)
+    opt.step([jnp.ones(3, jnp.float32), None])
     good = opt.state_dict()
     before = _snapshot(opt)
-    wrong_size = {**good, "param_groups": [{**good["param_groups"][0], "params": [0]}]}
-    with pytest.raises(ValueError, match="doesn't match the size"):
-        opt.load_state_dict(wrong_size)
-    wrong_shape = {
-        "state": {0: {**good["state"][0], "square_avg": np.zeros(4)}},
-        "param_groups": good["param_groups"],
-    }
-    with pytest.raises(ValueError, match="has shape"):
-        opt.load_state_dict(wrong_shape)
-    no_grad_avg = {
-        "state": {0: {k: v for k, v in good["state"][0].items() if k != "grad_avg"}},
-        "param_groups": good["param_groups"],
-    }
-    with pytest.raises(ValueError, match="lacks a grad_avg"):
-        opt.load_state_dict(no_grad_avg)
+    with pytest.raises(error, match=match):
+        opt.load_state_dict(make(good))
     _assert_unchanged(opt, before)
+    opt.load_state_dict(good)  # the valid one still loads, and the optimizer still steps
+    opt.step([jnp.ones(3, jnp.float32), jnp.ones(2, jnp.float32)])
+    assert opt.state[0]["step"] == 2 and opt.state[1]["step"] == 1
+
+
+def test_loaded_state_dict_accepts_torch_tensors_with_conjugate_and_negative_bits():
+    x = torch.tensor([1 - 2j, 3 - 0.5j], dtype=torch.complex64)
+    conj, neg = x.conj(), x.conj().imag  # lazy views: the conjugate and the negative bit
+    assert conj.is_conj() and neg.is_neg()
+    group = {"lr": 0.1, "alpha": 0.9, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0}
+    state_dict = {
+        "state": {
+            0: {"step": torch.tensor(4.0), "square_avg": conj},
+            1: {"step": torch.tensor(1.0), "square_avg": neg},
+        },
+        "param_groups": [{**group, "params": [0, 1]}],
+    }
+    opt = FunctionalRMSprop([jnp.zeros(2, jnp.complex64), jnp.zeros(2, jnp.float32)])
+    opt.load_state_dict(state_dict)
+    np.testing.assert_array_equal(np.array(opt.state[0]["square_avg"]), [1 + 2j, 3 + 0.5j])
+    np.testing.assert_array_equal(np.array(opt.state[1]["square_avg"]), [2.0, 0.5])
+    assert int(opt.state[0]["step"]) == 4
+
+
+def _many(n=200, shape=(4,)):
+    """``n`` float32 params of ones: with foreach=True, units of 64 (the last one partial)."""
+    return [jnp.ones(shape, jnp.float32) for _ in range(n)]
+
+
+def _deleted():
+    bad = jnp.ones(4, jnp.float32)
+    bad.delete()
+    return bad
+
+
+# Gradients refused before anything is donated, each at the LAST position (in
+# the last foreach unit: earlier units would already have run): (corrupt, error, match).
+BAD_LAST_GRADIENT = {
+    "deleted": (lambda opt, g: g[:-1] + [_deleted()], ValueError, r"\[199\] is a deleted array"),
+    "another parameter": (
+        lambda opt, g: g[:-1] + [opt.param_group["params"][0]],
+        ValueError,
+        r"\[199\] is parameter \[0\], which the step donates",
+    ),
+    "its own parameter": (
+        lambda opt, g: g[:-1] + [opt.param_group["params"][-1]],
+        ValueError,
+        r"\[199\] is parameter \[199\]",
+    ),
+    "a state buffer": (
+        lambda opt, g: g[:-1] + [_a_state_buffer(opt)],
+        ValueError,
+        "a buffer of the optimizer state",
+    ),
+    "float64 numpy for float32": (
+        lambda opt, g: g[:-1] + [np.ones(4, np.float64)],
+        TypeError,
+        r"dtype mismatch at \[199\]: gradients is float64, params is float32",
+    ),
+    "wrong shape": (
+        lambda opt, g: g[:-1] + [jnp.ones(5, jnp.float32)],
+        ValueError,
+        r"shape mismatch at \[199\]",
+    ),
+    "a list": (lambda opt, g: g[:-1] + [[1.0] * 4], TypeError, "is a list, not an array"),
+}
+
+
+def _a_state_buffer(opt):
+    """A live state buffer of parameter 199 (reachable only through private names)."""
+    return opt._states[199][0]
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+@pytest.mark.parametrize("case", BAD_LAST_GRADIENT)
+def test_bad_gradient_in_the_last_unit_changes_nothing(case, foreach):
+    corrupt, error, match = BAD_LAST_GRADIENT[case]
+    if case == "a state buffer" and foreach:
+        pytest.skip("flat units: no state buffer has the shape of a parameter")
+    opt = FunctionalRMSprop(_many(), momentum=0.5, foreach=foreach)
+    opt.step([jnp.full(4, 0.5, jnp.float32) for _ in range(200)])
+    before = _snapshot(opt)
+    grads = [jnp.full(4, 0.25, jnp.float32) for _ in range(200)]
+    with pytest.raises(error, match=match):
+        opt.step(corrupt(opt, grads))
+    assert not any(p.is_deleted() for p in opt.param_group["params"])
+    _assert_unchanged(opt, before)
+    opt.step(grads)
+    assert {int(e["step"]) for e in opt.state.values()} == {2}
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_bad_parameter_container_is_refused_before_anything_runs(foreach):
+    opt = FunctionalRMSprop(_many(), foreach=foreach)
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(200)]
+    opt.step(grads)
+    params = opt.param_group["params"]
+    before = _snapshot(opt)
+    kept = params[150]
+    params[150] = params[3]  # one array at two positions: it cannot be donated twice
+    with pytest.raises(ValueError, match=r"params \[3\] and \[150\] are the same array"):
+        opt.step(grads)
+    params[150] = _deleted()
+    with pytest.raises(ValueError, match=r"parameter \[150\] is a deleted array"):
+        opt.step(grads)
+    params[150] = np.asarray(kept, np.float64)
+    with pytest.raises(TypeError, match=r"dtype mismatch at \[150\]"):
+        opt.step(grads)
+    params[150] = kept
+    assert not any(p.is_deleted() for p in params)
+    _assert_unchanged(opt, before)
+    params[150] = np.array(kept)  # a numpy parameter of the right dtype is taken
+    opt.step(grads)
+    assert isinstance(params[150], jax.Array)
+    np.testing.assert_array_equal(np.array(params[150]), np.array(params[0]))
+
+
+class _FailingUnits:
+    """``adapter.step_units`` that fails on its ``fail_at``-th call, as a device out of memory."""
+
+    def __init__(self, real, fail_at):
+        self.real, self.fail_at, self.calls = real, fail_at, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory (simulated)")
+        return self.real(*args, **kwargs)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_device_error_mid_step_deletes_nothing_and_commits_what_ran(foreach, monkeypatch):
+    from jrmsprop import adapter
+
+    opt = FunctionalRMSprop(_many(), momentum=0.5, foreach=foreach)
+    twin = FunctionalRMSprop(_many(), momentum=0.5, foreach=foreach)
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(200)]
+    for o in (opt, twin):
+        o.step(grads)
+    before = _snapshot(opt)
+    twin.step(grads)
+    failing = _FailingUnits(adapter.step_units, fail_at=3 if foreach else 1)
+    monkeypatch.setattr(adapter, "step_units", failing)
+    if foreach:  # units 0 and 1 ran (positions 0..127) and are committed; 2 and 3 are not
+        with pytest.raises(RuntimeError, match="after 2 of 4 units ran. Parameters") as raised:
+            opt.step(grads)
+        assert "RESOURCE_EXHAUSTED" in str(raised.value.__cause__)
+    else:  # one call: nothing ran, nothing changed
+        with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+            opt.step(grads)
+    monkeypatch.undo()
+    params = opt.param_group["params"]
+    assert not any(p.is_deleted() for p in params)
+    took = 128 if foreach else 0
+    after = _param_leaves(opt)
+    steps = opt.state_dict()["state"]
+    for i in range(200):
+        expected = _param_leaves(twin)[i] if i < took else before[0][i]
+        np.testing.assert_array_equal(after[i], expected)
+        assert steps[i]["step"] == (2 if i < took else 1)
+    opt.step(grads)  # usable; the parameters that missed the step stay one behind
+    steps = [int(e["step"]) for e in opt.state_dict()["state"].values()]
+    assert steps == [3] * took + [2] * (200 - took)
+
+
+def test_state_is_a_snapshot_that_survives_later_steps():
+    for foreach in (False, True):
+        opt = FunctionalRMSprop(_many(10), momentum=0.5, centered=True, foreach=foreach)
+        opt.step([jnp.full(4, 0.5, jnp.float32)] * 10)
+        snapshot = opt.state
+        kept = {k: np.array(v) for k, v in snapshot[3].items()}
+        for _ in range(2):
+            opt.step([jnp.full(4, 0.25, jnp.float32)] * 10)
+        for key, value in kept.items():  # readable after the steps, and as it was
+            np.testing.assert_array_equal(np.array(snapshot[3][key]), value)
+        assert int(opt.state[3]["step"]) == 3
 
 
 def test_repr_shows_hyperparameters_and_state_size():
