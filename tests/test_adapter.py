@@ -8,6 +8,10 @@ call per step) and each run draws its ``None`` patterns from a few fixed ones
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 import warnings
 import zlib
 
@@ -854,6 +858,120 @@ def test_state_is_a_snapshot_that_survives_later_steps():
         for key, value in kept.items():  # readable after the steps, and as it was
             np.testing.assert_array_equal(np.array(snapshot[3][key]), value)
         assert int(opt.state[3]["step"]) == 3
+
+
+def _ctrl_c_outcome(opt, params, steps_before):
+    """After a possibly interrupted step: nothing deleted, every param took it or none did."""
+    assert not any(p.is_deleted() for p in params)
+    steps = {int(e["step"]) for e in opt.state_dict()["state"].values()}
+    assert len(steps) == 1 and steps <= {steps_before, steps_before + 1}, steps
+    # Same start, same gradients: params that took the same steps are equal.
+    values = np.stack([np.array(p) for p in params])
+    assert (values == values[0]).all()
+    return steps.pop()
+
+
+def test_ctrl_c_at_each_unit_of_a_foreach_step_is_raised_after_the_commit(monkeypatch):
+    # Deterministic: the SIGINT arrives while unit k runs, for every k.
+    from jrmsprop import adapter
+
+    params = _many(2000)
+    opt = FunctionalRMSprop(params, momentum=0.5, foreach=True)
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(2000)]
+    opt.step(grads)
+    units_per_step = len(opt._layout.units)
+    real = adapter.step_units
+    for k in range(units_per_step):
+        calls = []
+
+        def interrupting(*args, k=k, calls=calls, **kwargs):
+            calls.append(1)
+            if len(calls) == k + 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(adapter, "step_units", interrupting)
+        with pytest.raises(KeyboardInterrupt):
+            opt.step(grads)
+        monkeypatch.undo()
+        assert len(calls) == units_per_step  # held back until every unit ran
+        assert _ctrl_c_outcome(opt, params, k + 1) == k + 2  # and the step committed
+    opt.step(grads)
+
+
+def test_real_ctrl_c_from_a_timer_at_random_moments_of_a_foreach_step():
+    params = _many(2000)
+    opt = FunctionalRMSprop(params, momentum=0.5, foreach=True)
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(2000)]
+    opt.step(grads)
+    started = time.perf_counter()
+    opt.step(grads)
+    jax.block_until_ready(params)
+    duration = time.perf_counter() - started
+    rng = np.random.default_rng(1234)  # fixed delays: the same trials on every run
+    steps = 2
+    main = threading.main_thread().ident
+    for delay in rng.uniform(0.0, 1.3, size=30) * duration:
+        timer = threading.Timer(delay, signal.pthread_kill, (main, signal.SIGINT))
+        try:
+            timer.start()
+            opt.step(grads)
+            timer.join()
+            time.sleep(0.01)  # a signal sent after the step lands here
+        except KeyboardInterrupt:
+            pass
+        timer.join()
+        steps = _ctrl_c_outcome(opt, params, steps)
+    opt.step(grads)
+    assert _ctrl_c_outcome(opt, params, steps) == steps + 1
+
+
+def test_step_puts_back_the_callers_sigint_handler():
+    seen = []
+
+    def handler(signum, frame):
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        opt = FunctionalRMSprop(_many(3), foreach=True)
+        opt.step([jnp.ones(4, jnp.float32)] * 3)
+        assert signal.getsignal(signal.SIGINT) is handler
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert seen == [signal.SIGINT]  # the caller's handler is live again
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_two_threads_stepping_one_optimizer_apply_every_step_once(foreach):
+    opt = FunctionalRMSprop(_many(150), momentum=0.5, centered=True, foreach=foreach)
+    twin = FunctionalRMSprop(_many(150), momentum=0.5, centered=True, foreach=foreach)
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(150)]
+    errors = []
+    barrier = threading.Barrier(2)
+
+    def worker():
+        try:
+            barrier.wait()
+            for _ in range(40):
+                opt.step(grads)
+                opt.state_dict()  # reads interleave with the other thread's steps
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for _ in range(80):
+        twin.step(grads)
+    assert {int(e["step"]) for e in opt.state.values()} == {80}
+    for a, b in zip(_param_leaves(opt), _param_leaves(twin)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_repr_shows_hyperparameters_and_state_size():
