@@ -974,6 +974,118 @@ def test_two_threads_stepping_one_optimizer_apply_every_step_once(foreach):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+@pytest.mark.parametrize("switch", ["maximize", "centered off"])
+def test_switching_maximize_or_centered_off_mid_run_matches_torch(switch, foreach):
+    rng = np.random.default_rng(zlib.crc32(f"{switch}{foreach}".encode()))
+    config = {"momentum": 0.3, "centered": switch == "centered off"}
+    torch_params, torch_opt, jax_params, jax_opt = _pair(rng, foreach=foreach, **config)
+    mask = [True] * NEVER + [False]
+    for step in range(12):
+        if step == 5:
+            for opt in (torch_opt, jax_opt):
+                if switch == "maximize":
+                    opt.maximize = True
+                else:
+                    opt.centered = False  # torch keeps the grad_avg buffers, unchanged
+        if step == 8:
+            mask = [k % 2 == 0 for k in range(len(SPECS))]  # new params get state too
+        _both_step(rng, mask, torch_opt, jax_opt)
+    assert_same(torch_params, torch_opt, jax_params, jax_opt)
+    # The state dict of the switched optimizer loads and continues as the original.
+    copy = FunctionalRMSprop(_param_leaves(jax_opt), foreach=foreach)
+    copy.load_state_dict(jax_opt.state_dict())
+    grads = [jnp.asarray(_draw(rng, s, d)) for s, d in SPECS]
+    jax_opt.step(grads)
+    copy.step(grads)
+    for a, b in zip(_param_leaves(jax_opt), _param_leaves(copy)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_centered_on_after_uncentered_state_raises_at_once(foreach):
+    torch_params = [torch.ones(3)]
+    torch_opt = _new_torch_rmsprop(torch_params)
+    torch_opt.step([torch.ones(3)])
+    torch_opt.centered = True
+    with pytest.raises(KeyError, match="grad_avg"):  # torch: at the next step
+        torch_opt.step([torch.ones(3)])
+
+    opt = FunctionalRMSprop([jnp.ones(3), jnp.ones(2)], foreach=foreach)
+    opt.centered = True  # no state yet: simply centered from the start
+    opt.centered = False
+    opt.step([jnp.ones(3), None])
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=r"centered=True needs a grad_avg .* parameters \[0\]"):
+        opt.centered = True
+    assert opt.centered is False
+    _assert_unchanged(opt, before)
+    opt.step([jnp.ones(3), jnp.ones(2)])  # still usable, still not centered
+    assert "grad_avg" not in opt.state[1]
+
+
+def test_switching_foreach_mid_run_moves_the_state_and_changes_no_number():
+    rng = np.random.default_rng(31)
+    init = [_draw(rng, s, d) for s, d in SPECS]
+    config = {"momentum": 0.3, "centered": True, "weight_decay": 0.01}
+    switched = FunctionalRMSprop([jnp.asarray(x) for x in init], **config)
+    steady = FunctionalRMSprop([jnp.asarray(x) for x in init], **config)
+    masks = _patterns(rng, 3)
+    for step in range(9):
+        if step in (3, 6):
+            switched.foreach = not switched.foreach
+        grads = [
+            jnp.asarray(_draw(rng, s, d)) if m else None
+            for (s, d), m in zip(SPECS, masks[step % 3])
+        ]
+        switched.step(grads)
+        steady.step(grads)
+    assert switched.foreach is False and len(switched._layout.units) == len(SPECS)
+    switched.foreach = True
+    assert len(switched._layout.units) == 4  # one flat unit per dtype
+    for a, b in zip(_param_leaves(switched), _param_leaves(steady)):
+        np.testing.assert_array_equal(a, b)
+    ours, theirs = switched.state_dict(), steady.state_dict()
+    assert ours["state"].keys() == theirs["state"].keys()
+    for i, entry in theirs["state"].items():
+        assert ours["state"][i].keys() == entry.keys()
+        for key, value in entry.items():
+            np.testing.assert_array_equal(ours["state"][i][key], value)
+
+
+def _is_none(x):
+    return x is None
+
+
+def test_equinox_partitioned_params_with_none_fields():
+    eqx = pytest.importorskip("equinox")
+    model = eqx.nn.MLP(3, 2, width_size=8, depth=2, key=jax.random.PRNGKey(0))
+    params, static = eqx.partition(model, eqx.is_array)
+    treedef = jax.tree.structure(params)
+    assert None in jax.tree.leaves(params, is_leaf=lambda x: x is None)  # fields without arrays
+    as_list = [jnp.copy(x) for x in jax.tree.leaves(params)]
+    reference = FunctionalRMSprop(as_list, momentum=0.5, foreach=True)
+    opt = FunctionalRMSprop(params, momentum=0.5, foreach=True)
+    x = jax.random.normal(jax.random.PRNGKey(1), (16, 3))
+
+    def loss(p):
+        return jnp.mean(jax.vmap(eqx.combine(p, static))(x) ** 2)
+
+    for step in range(6):
+        grads = eqx.filter(jax.grad(loss)(opt.param_group["params"]), eqx.is_array)
+        if step % 2:  # no gradient for the first layer's bias: torch's skip
+            grads = eqx.tree_at(lambda m: m.layers[0].bias, grads, None)
+        opt.step(grads)
+        reference.step(treedef.flatten_up_to(grads))
+    new = opt.param_group["params"]
+    assert jax.tree.structure(new) == treedef  # still the partitioned MLP, Nones included
+    for a, b in zip(jax.tree.leaves(new), as_list):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    assert int(opt.state[1]["step"]) == 3 and int(opt.state[0]["step"]) == 6
+    with pytest.raises(ValueError, match="structure of the gradients does not match"):
+        opt.step(eqx.tree_at(lambda m: m.activation, grads, jnp.ones(1), is_leaf=_is_none))
+
+
 def test_repr_shows_hyperparameters_and_state_size():
     opt = FunctionalRMSprop([jnp.ones((10, 10), jnp.float32), jnp.ones(5)], lr=0.05, centered=True)
     assert "lr=0.05" in repr(opt) and "2 params" in repr(opt) and "state 0 B" in repr(opt)
