@@ -30,6 +30,7 @@ from jrmsprop.validation import (
     check_pair,
     check_state_entry,
     host_array,
+    is_optimizable,
     path_str,
     state_dict_parts,
     step_count,
@@ -757,13 +758,13 @@ class FunctionalRMSprop:
         except (TypeError, ValueError) as err:
             raise TypeError(f"{where} is not an array: {err}") from None
         shape, dtype = self._layout.shapes[i], self._layout.dtypes[i]
-        if array.dtype.kind not in "fc":
+        if not is_optimizable(array.dtype):  # bfloat16 (numpy kind "V") included
             raise TypeError(f"{where} is {array.dtype}, not a float or complex array")
         if tuple(array.shape) != shape:
             raise ValueError(
                 f"{where} has shape {tuple(array.shape)}, the parameter has shape {shape}"
             )
-        if (array.dtype.kind == "c") != jnp.issubdtype(dtype, jnp.complexfloating):
+        if np.iscomplexobj(array) != jnp.issubdtype(dtype, jnp.complexfloating):
             raise TypeError(f"{where} is {array.dtype}, the parameter is {dtype}")
         return array.astype(dtype)
 

@@ -204,7 +204,12 @@ def step_count(value: Any, where: str) -> int:
     """
     array = host_array(value)
     number = None
-    if array.size == 1 and array.ndim <= 1 and array.dtype.kind in "iuf":
+    if (
+        array.size == 1
+        and array.ndim <= 1
+        and (array.dtype.kind in "iu" or is_optimizable(array.dtype))
+        and not np.iscomplexobj(array)
+    ):
         number = float(array.reshape(()))
     if number is None or not math.isfinite(number) or number < 0 or number != int(number):
         raise ValueError(f"{where}: step must be a finite non-negative integer, got {value!r}")
