@@ -56,8 +56,9 @@ class _Plan(NamedTuple):
     grads: list  # per position, an array or None
     hyper: np.ndarray  # HYPER_ORDER's values
     use_momentum: bool
+    stepping: tuple  # positions with a gradient
     todo: list  # per unit to run: (unit, indices of its stepping members, their positions)
-    states: Any  # per unit to run: its state with the buffers this step uses, None otherwise
+    states: Any  # per unit to run: its state with the buffers this step uses
     exact: bool  # whether those are all the buffers each unit has
 
 
@@ -413,7 +414,7 @@ class FunctionalRMSprop:
         else:
             uses = (True, self._centered, use_momentum)
             states = {u: self._used_buffers(u, uses) for u, _, _ in todo}
-        return _Plan(leaves, grads, hyper, use_momentum, todo, states, exact)
+        return _Plan(leaves, grads, hyper, use_momentum, stepping, todo, states, exact)
 
     def _used_buffers(self, u: int, uses: tuple) -> tuple:
         """Unit ``u``'s state as this step uses it: zeros where a used buffer is new, else None."""
@@ -535,57 +536,56 @@ class FunctionalRMSprop:
         return todo
 
     def _run(self, plan: _Plan) -> tuple[list, Exception | None]:
-        """The compiled work: ``[(unit, positions, new params, new state)]`` and any error.
+        """The compiled work: what ran, as ``[(units, positions, params, states)]``, and any error.
 
-        ``foreach=False``: one call for every unit; if it fails, nothing ran.
-        ``foreach=True``: one call per unit; a failure stops the loop, and the
-        units that ran so far come back with the error: their inputs are
-        consumed, so they must be committed.
+        ``foreach=False``: one call for every unit (a unit is a position); if
+        it fails, nothing ran. ``foreach=True``: one call per unit; a failure
+        stops the loop, and the units that ran so far come back with the
+        error: their inputs are consumed, so they must be committed.
         """
         static = {"maximize": self._maximize, "decay": bool(plan.hyper[3] != 0)}
-        leaves, grads = plan.leaves, plan.grads
+        leaves, grads, states = plan.leaves, plan.grads, plan.states
         if not self._foreach:
-            todo = plan.todo
+            stepping = plan.stepping
             new_params, new_states = step_units(
-                tuple((leaves[i],) for _, _, (i,) in todo),
-                tuple((grads[i],) for _, _, (i,) in todo),
-                tuple(plan.states[u] for u, _, _ in todo),
+                tuple(leaves[i] for i in stepping),
+                tuple(grads[i] for i in stepping),
+                tuple(states[i] for i in stepping),
                 plan.hyper,
                 runs=None,
                 **static,
             )
-            return [
-                (u, positions, p, s)
-                for (u, _, positions), p, s in zip(todo, new_params, new_states)
-            ], None
+            return [(stepping, stepping, new_params, new_states)], None
         ran = []
         for u, members, positions in plan.todo:
             try:
-                (new_params,), (new_state,) = step_units(
+                (new_params,), new_states = step_units(
                     (tuple(leaves[i] for i in positions),),
                     (tuple(grads[i] for i in positions),),
-                    (plan.states[u],),
+                    (states[u],),
                     plan.hyper,
                     runs=(self._layout.runs(u, members),),
                     **static,
                 )
             except Exception as err:  # noqa: BLE001 (committed with what ran, then re-raised)
                 return ran, err
-            ran.append((u, positions, new_params, new_state))
+            ran.append(((u,), positions, new_params, new_states))
         return ran, None
 
     def _commit(self, plan: _Plan, ran: list) -> None:
         """Stores what ran, in one place: plain assignments that cannot fail."""
         leaves, states = plan.leaves, self._states
-        stepped: list[int] = []
-        for u, positions, new_params, new_state in ran:
+        stepped: Any = []
+        for units, positions, new_params, new_states in ran:
             for i, p in zip(positions, new_params):
                 leaves[i] = p
-            if plan.exact or states[u] is None:
-                states[u] = new_state
-            else:  # a buffer this step did not use (None in new_state) stays as it was
-                states[u] = tuple(o if n is None else n for o, n in zip(states[u], new_state))
+            for u, new in zip(units, new_states):
+                if plan.exact or states[u] is None:
+                    states[u] = new
+                else:  # a buffer this step did not use (None in new) stays as it was
+                    states[u] = tuple(o if n is None else n for o, n in zip(states[u], new))
             stepped.extend(positions)
+        stepped = np.array(stepped, np.int64)
         self._steps[stepped] += 1
         self._has_state[stepped] = True
         if plan.use_momentum:

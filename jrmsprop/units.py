@@ -256,12 +256,16 @@ def _step_units_impl(params, grads, states, hyper, *, runs, maximize, decay):
     values = {name: hyper[k] for k, name in enumerate(HYPER_ORDER)}
     if not decay:
         values["weight_decay"] = 0.0
-    out_params, out_states = [], []
-    for k, (p, g, s) in enumerate(zip(params, grads, states)):
-        new_p, new_s = _step_unit(p, g, s, values, None if runs is None else runs[k], maximize)
-        out_params.append(new_p)
-        out_states.append(new_s)
-    return tuple(out_params), tuple(out_states)
+    if runs is None:  # units of one parameter each, given flat
+        stepped = [
+            _step_unit((p,), (g,), s, values, None, maximize)
+            for p, g, s in zip(params, grads, states)
+        ]
+        return tuple(p for (p,), _ in stepped), tuple(s for _, s in stepped)
+    stepped = [
+        _step_unit(p, g, s, values, r, maximize) for p, g, s, r in zip(params, grads, states, runs)
+    ]
+    return tuple(p for p, _ in stepped), tuple(s for _, s in stepped)
 
 
 # Module level, so optimizers of the same structure share executables.
@@ -286,8 +290,9 @@ def step_units(
     """Steps units in one compiled call; params and states are donated.
 
     Args:
-      params: per unit, a tuple of its stepping members' parameters.
-      grads: per unit, their gradients (arrays, same shapes and dtypes).
+      params: per unit, a tuple of its stepping members' parameters; with
+        ``runs=None`` (every unit one parameter), the parameters themselves.
+      grads: their gradients, in the same layout (same shapes and dtypes).
       states: per unit, ``(square_avg, grad_avg, momentum_buffer)`` with
         ``None`` for each buffer this step does not use: ``grad_avg`` unless
         centered, ``momentum_buffer`` unless ``momentum > 0`` (which buffers
@@ -299,7 +304,7 @@ def step_units(
       decay: whether ``weight_decay != 0`` (the term exists only then).
 
     Returns:
-      ``(params, states)`` in the same layout: the new stepping parameters and
-      the new used buffers (``None`` where the input was ``None``).
+      ``(params, states)`` in the layout of the inputs: the new stepping
+      parameters and the new used buffers (``None`` where the input was ``None``).
     """
     return _step_units(params, grads, states, hyper, runs=runs, maximize=maximize, decay=decay)
