@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop.units import HYPER_ORDER, Layout, step_units
+from jrmsprop.units import BUFFERS, HYPER_ORDER, Layout, step_units
 from jrmsprop.validation import (
     HYPERPARAM_ERRORS,
     check_leaves,
@@ -735,7 +735,7 @@ class FunctionalRMSprop:
                 steps[i] = step_count(entry["step"], f"{where}: parameter {index!r}")
                 buffers[i] = [
                     None if key not in entry else self._loaded(index, i, key, entry[key])
-                    for key in ("square_avg", "grad_avg", "momentum_buffer")
+                    for key in BUFFERS
                 ]
             states = self._packed(self._layout, buffers)
             has = np.zeros((self._n, 3), bool)
