@@ -547,14 +547,17 @@ class FunctionalRMSprop:
         leaves, grads, states = plan.leaves, plan.grads, plan.states
         if not self._foreach:
             stepping = plan.stepping
-            new_params, new_states = step_units(
-                tuple(leaves[i] for i in stepping),
-                tuple(grads[i] for i in stepping),
-                tuple(states[i] for i in stepping),
-                plan.hyper,
-                runs=None,
-                **static,
-            )
+            try:
+                new_params, new_states = step_units(
+                    tuple(leaves[i] for i in stepping),
+                    tuple(grads[i] for i in stepping),
+                    tuple(states[i] for i in stepping),
+                    plan.hyper,
+                    runs=None,
+                    **static,
+                )
+            except Exception as err:  # noqa: BLE001 (re-raised, with what was lost if anything)
+                return [], err
             return [(stepping, stepping, new_params, new_states)], None
         ran = []
         for u, members, positions in plan.todo:
@@ -601,12 +604,16 @@ class FunctionalRMSprop:
             self.param_group["params"] = _write_back(params, new_tree)
 
     def _raise_partial(self, plan: _Plan, ran: list, error: Exception) -> None:
-        """Raises after a device error stopped a ``foreach=True`` step (the rest is committed)."""
-        failed = plan.todo[len(ran)][2]
-        lost = [path_str(self._paths[i]) for i in failed if plan.leaves[i].is_deleted()]
+        """Raises the device error that stopped a step, after what ran was committed."""
+        took = [i for _, positions, _, _ in ran for i in positions]
+        done = set(took)
+        lost = [
+            path_str(self._paths[i])
+            for i in plan.stepping
+            if i not in done and plan.leaves[i].is_deleted()
+        ]
         if not ran and not lost:
             raise error  # nothing ran: nothing changed
-        took = [i for _, positions, _, _ in ran for i in positions]
         message = (
             f"FunctionalRMSprop: the step failed on the device after {len(ran)} of "
             f"{len(plan.todo)} units ran. Parameters {took} took this step (their state and "

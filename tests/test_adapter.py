@@ -847,6 +847,21 @@ def test_device_error_mid_step_deletes_nothing_and_commits_what_ran(foreach, mon
     assert steps == [3] * took + [2] * (200 - took)
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_device_error_that_consumed_its_inputs_says_which_are_lost(foreach, monkeypatch):
+    from jrmsprop import adapter
+
+    def consumed_then_failed(params, *args, **kwargs):
+        for p in jax.tree.leaves(params)[:2]:
+            p.delete()  # as a device fault after donation would leave them
+        raise RuntimeError("INTERNAL: device fault (simulated)")
+
+    opt = FunctionalRMSprop(_many(100), foreach=foreach)
+    monkeypatch.setattr(adapter, "step_units", consumed_then_failed)
+    with pytest.raises(RuntimeError, match=r"except \['\[0\]', '\[1\]'\]: the device consumed"):
+        opt.step([jnp.ones(4, jnp.float32)] * 100)
+
+
 def test_state_is_a_snapshot_that_survives_later_steps():
     for foreach in (False, True):
         opt = FunctionalRMSprop(_many(10), momentum=0.5, centered=True, foreach=foreach)
