@@ -16,7 +16,6 @@ import operator
 import signal
 import threading
 from collections.abc import Iterator
-from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 import jax
@@ -25,28 +24,22 @@ import numpy as np
 
 from jrmsprop.units import BUFFERS, HYPER_ORDER, Layout, step_units
 from jrmsprop.validation import (
-    HYPERPARAM_ERRORS,
+    ArraySpec,
+    check_distinct,
+    check_gradients,
     check_leaves,
     check_pair,
     check_state_entry,
-    host_array,
-    is_optimizable,
+    hyper_value,
+    loaded_buffer,
     path_str,
     state_dict_parts,
     step_count,
 )
 
+_WHO = "FunctionalRMSprop"
 _ARRAY_TYPES = (jax.Array, np.ndarray)
-_shape = operator.attrgetter("shape")
-_dtype = operator.attrgetter("dtype")
 _is_deleted = operator.methodcaller("is_deleted")
-
-
-class _Spec(NamedTuple):
-    """Shape and dtype of a parameter, as the optimizer holds them."""
-
-    shape: tuple
-    dtype: Any
 
 
 class _Plan(NamedTuple):
@@ -60,20 +53,6 @@ class _Plan(NamedTuple):
     todo: list  # per unit to run: (unit, indices of its stepping members, their positions)
     states: Any  # per unit to run: its state with the buffers this step uses
     exact: bool  # whether those are all the buffers each unit has
-
-
-def _hyper_value(name: str, value: Any) -> float:
-    """A ``defaults`` entry as a float, with torch's error when it is invalid."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"FunctionalRMSprop: defaults[{name!r}] must be a real number, "
-            f"got {type(value).__name__}"
-        ) from None
-    if not 0.0 <= number:  # also rejects NaN
-        raise ValueError(HYPERPARAM_ERRORS[name].format(number))
-    return number
 
 
 def _write_back(old: Any, new: Any) -> Any:
@@ -252,7 +231,7 @@ class FunctionalRMSprop:
             "momentum": momentum,
         }
         for name in HYPER_ORDER:
-            _hyper_value(name, self.defaults[name])
+            hyper_value(name, self.defaults[name], _WHO)
         self._lock = threading.RLock()
         self._centered = bool(centered)
         self._foreach = bool(foreach)
@@ -265,7 +244,7 @@ class FunctionalRMSprop:
         check_leaves(params, "params")
         self._treedef = treedef
         self._paths = [path for path, _ in with_paths]
-        self._check_distinct(leaves)
+        check_distinct(leaves, self._paths, _WHO)
         if not all(isinstance(leaf, jax.Array) for leaf in leaves):
             # numpy parameters become JAX arrays once, so they can be donated.
             leaves = [jnp.asarray(leaf) for leaf in leaves]
@@ -384,11 +363,11 @@ class FunctionalRMSprop:
                 + f"Params length: {len(params)}. "
                 + f"Gradients length: {len(gradients)}"
             )
-        hyper = np.array([_hyper_value(name, self.defaults[name]) for name in HYPER_ORDER])
+        hyper = np.array([hyper_value(name, self.defaults[name], _WHO) for name in HYPER_ORDER])
         leaves = self._checked_params(params)
         grads = self._grad_list(gradients)
         stepping = tuple(i for i, g in enumerate(grads) if g is not None)
-        self._check_grads(grads, stepping, leaves)
+        check_gradients(grads, stepping, leaves, self._paths, self._states, _WHO)
         positions = np.array(stepping, np.int64)
         use_momentum = bool(hyper[4] > 0)
         if use_momentum:
@@ -436,14 +415,14 @@ class FunctionalRMSprop:
                     f"optimizer was built: it is {treedef}, it was {self._treedef}"
                 )
         if not all(map(operator.is_, leaves, self._written)):
-            self._check_distinct(leaves)
+            check_distinct(leaves, self._paths, _WHO)
             for i, p in enumerate(leaves):
                 if not isinstance(p, _ARRAY_TYPES):
                     raise TypeError(
                         f"FunctionalRMSprop: param_group['params'] leaf {path_str(self._paths[i])} "
                         f"is a {type(p).__name__}, not an array"
                     )
-                spec = _Spec(self._layout.shapes[i], self._layout.dtypes[i])
+                spec = ArraySpec(self._layout.shapes[i], self._layout.dtypes[i])
                 check_pair(self._paths[i], p, spec, "params", "the optimizer state")
                 if not isinstance(p, jax.Array):
                     leaves[i] = jnp.asarray(p)
@@ -467,62 +446,8 @@ class FunctionalRMSprop:
         except (ValueError, TypeError) as err:
             raise ValueError(
                 "FunctionalRMSprop: the structure of the gradients does not match the params "
-                f"({jax.tree.structure(self.param_group['params'])}): {err}"
+                f"({jax.tree.structure(self.param_group['params'])}): " + str(err).splitlines()[0]
             ) from None
-
-    def _check_grads(self, grads: list, stepping: tuple, leaves: list) -> None:
-        """Type, shape, dtype of each gradient; none deleted, none donated by this step."""
-        shapes, dtypes, paths = self._layout.shapes, self._layout.dtypes, self._paths
-        # What the step donates: parameters (id -> position) and state buffers.
-        param_ids = dict(zip(map(id, leaves), range(len(leaves))))
-        state_ids = set(map(id, chain.from_iterable(filter(None, self._states))))
-        given = [grads[i] for i in stepping]
-        if (
-            all(map(isinstance, given, repeat(jax.Array)))
-            and list(map(_shape, given)) == [shapes[i] for i in stepping]
-            and list(map(_dtype, given)) == [dtypes[i] for i in stepping]
-            and param_ids.keys().isdisjoint(map(id, given))
-            and state_ids.isdisjoint(map(id, given))
-            and not any(map(_is_deleted, given))
-        ):
-            return  # all good, checked in bulk; below, one by one for the message
-        for i in stepping:
-            g = grads[i]
-            if not isinstance(g, _ARRAY_TYPES):
-                raise TypeError(
-                    f"FunctionalRMSprop: gradient {path_str(paths[i])} is a "
-                    f"{type(g).__name__}, not an array"
-                )
-            if g.shape != shapes[i] or g.dtype != dtypes[i]:
-                check_pair(paths[i], g, leaves[i], "gradients", "params")
-            j = param_ids.get(id(g))
-            if j is not None or id(g) in state_ids:
-                what = (
-                    "a buffer of the optimizer state"
-                    if j is None
-                    else f"parameter {path_str(paths[j])}"
-                )
-                raise ValueError(
-                    f"FunctionalRMSprop: the gradient at {path_str(paths[i])} is {what}, "
-                    "which the step donates: pass a copy"
-                )
-            if isinstance(g, jax.Array) and g.is_deleted():
-                raise ValueError(
-                    f"FunctionalRMSprop: the gradient at {path_str(paths[i])} is a "
-                    "deleted array (donated to or deleted by other code)"
-                )
-
-    def _check_distinct(self, leaves: list) -> None:
-        """``ValueError`` when one array sits at two positions: it cannot be donated twice."""
-        first: dict[int, int] = {}
-        for i, leaf in enumerate(leaves):
-            j = first.setdefault(id(leaf), i)
-            if j != i:
-                raise ValueError(
-                    f"FunctionalRMSprop: params {path_str(self._paths[j])} and "
-                    f"{path_str(self._paths[i])} are the same array; each parameter needs its "
-                    "own array (the step donates them)"
-                )
 
     def _units_to_run(self, positions: np.ndarray) -> list:
         """Per unit with a stepping member: (unit, stepping member indices, their positions)."""
@@ -720,7 +645,7 @@ class FunctionalRMSprop:
         with self._lock:
             where = "FunctionalRMSprop.load_state_dict"
             state, group = state_dict_parts(state_dict, where)
-            defaults = {name: _hyper_value(name, group[name]) for name in HYPER_ORDER}
+            defaults = {name: hyper_value(name, group[name], _WHO) for name in HYPER_ORDER}
             centered = bool(group.get("centered", self._centered))
             maximize = bool(group.get("maximize", self._maximize))
             indices = list(group["params"])
@@ -741,7 +666,14 @@ class FunctionalRMSprop:
                 i = position[index]
                 steps[i] = step_count(entry["step"], f"{where}: parameter {index!r}")
                 buffers[i] = [
-                    None if key not in entry else self._loaded(index, i, key, entry[key])
+                    None
+                    if key not in entry
+                    else loaded_buffer(
+                        entry[key],
+                        self._layout.shapes[i],
+                        self._layout.dtypes[i],
+                        f"{where}: state {key!r} of parameter {index!r}",
+                    )
                     for key in BUFFERS
                 ]
             states = self._packed(self._layout, buffers)
@@ -756,24 +688,6 @@ class FunctionalRMSprop:
             self._has_state = has[:, 0].copy()
             self._has_grad_avg = has[:, 1].copy()
             self._has_momentum = has[:, 2].copy()
-
-    def _loaded(self, index: Any, i: int, key: str, value: Any) -> np.ndarray:
-        """A loaded buffer as a host array of the parameter's shape and dtype, checked."""
-        where = f"FunctionalRMSprop.load_state_dict: state {key!r} of parameter {index!r}"
-        try:
-            array = host_array(value)
-        except (TypeError, ValueError) as err:
-            raise TypeError(f"{where} is not an array: {err}") from None
-        shape, dtype = self._layout.shapes[i], self._layout.dtypes[i]
-        if not is_optimizable(array.dtype):  # bfloat16 (numpy kind "V") included
-            raise TypeError(f"{where} is {array.dtype}, not a float or complex array")
-        if tuple(array.shape) != shape:
-            raise ValueError(
-                f"{where} has shape {tuple(array.shape)}, the parameter has shape {shape}"
-            )
-        if np.iscomplexobj(array) != jnp.issubdtype(dtype, jnp.complexfloating):
-            raise TypeError(f"{where} is {array.dtype}, the parameter is {dtype}")
-        return array.astype(dtype)
 
     # ------------------------------------------------------------------ repr
 

@@ -7,8 +7,10 @@ is refused has changed nothing.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
-from typing import Any
+from itertools import chain, repeat
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -218,3 +220,123 @@ def step_count(value: Any, where: str) -> int:
 
 def _names(keys: Any) -> str:
     return ", ".join(repr(k) for k in keys) or "nothing"
+
+
+class ArraySpec(NamedTuple):
+    """A shape and dtype to check an array against (see :func:`check_pair`)."""
+
+    shape: tuple
+    dtype: Any
+
+
+def hyper_value(name: str, value: Any, who: str) -> float:
+    """A hyperparameter read at run time (``defaults[name]``) as a float.
+
+    Raises torch's ``ValueError`` when it is negative or NaN, ``TypeError``
+    when it is not a real number.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{who}: defaults[{name!r}] must be a real number, got {type(value).__name__}"
+        ) from None
+    if not 0.0 <= number:  # also rejects NaN
+        raise ValueError(HYPERPARAM_ERRORS[name].format(number))
+    return number
+
+
+def check_distinct(leaves: Sequence, paths: Sequence, who: str) -> None:
+    """``ValueError`` when one array sits at two positions: it cannot be donated twice."""
+    first: dict[int, int] = {}
+    for i, leaf in enumerate(leaves):
+        j = first.setdefault(id(leaf), i)
+        if j != i:
+            raise ValueError(
+                f"{who}: params {path_str(paths[j])} and {path_str(paths[i])} are the same "
+                "array; each parameter needs its own array (the step donates them)"
+            )
+
+
+_shape = operator.attrgetter("shape")
+_dtype = operator.attrgetter("dtype")
+_is_deleted = operator.methodcaller("is_deleted")
+
+
+def check_gradients(
+    grads: Sequence,
+    stepping: Sequence[int],
+    params: Sequence,
+    paths: Sequence,
+    states: Sequence,
+    who: str,
+) -> None:
+    """Checks the gradients of a step that donates ``params`` and the ``states`` buffers.
+
+    Each ``grads[i]`` for ``i`` in ``stepping`` must be an array (JAX or
+    numpy) of ``params[i]``'s shape and dtype, not deleted, and neither a
+    parameter nor a state buffer (a donated array cannot also be read).
+
+    Args:
+      grads: per position, a gradient or ``None``.
+      stepping: the positions whose gradient is not ``None``.
+      params: per position, the parameter array.
+      paths: per position, its key path (for the messages).
+      states: buffers the step donates, in tuples (``None`` entries allowed).
+      who: the caller's name, first in every message.
+    """
+    param_ids = dict(zip(map(id, params), range(len(params))))
+    state_ids = set(map(id, chain.from_iterable(filter(None, states))))
+    given = [grads[i] for i in stepping]
+    # The common case, in bulk (C loops): JAX arrays, all fine.
+    if (
+        all(map(isinstance, given, repeat(jax.Array)))
+        and list(map(_shape, given)) == [params[i].shape for i in stepping]
+        and list(map(_dtype, given)) == [params[i].dtype for i in stepping]
+        and param_ids.keys().isdisjoint(map(id, given))
+        and state_ids.isdisjoint(map(id, given))
+        and not any(map(_is_deleted, given))
+    ):
+        return
+    for i in stepping:  # one by one, for the message
+        g, where = grads[i], path_str(paths[i])
+        if not isinstance(g, (jax.Array, np.ndarray)):
+            raise TypeError(f"{who}: gradient {where} is a {type(g).__name__}, not an array")
+        check_pair(paths[i], g, params[i], "gradients", "params")
+        j = param_ids.get(id(g))
+        if j is not None or id(g) in state_ids:
+            what = (
+                "a buffer of the optimizer state"
+                if j is None
+                else f"parameter {path_str(paths[j])}"
+            )
+            raise ValueError(
+                f"{who}: the gradient at {where} is {what}, which the step donates: pass a copy"
+            )
+        if isinstance(g, jax.Array) and g.is_deleted():
+            raise ValueError(
+                f"{who}: the gradient at {where} is a deleted array (donated to or deleted by "
+                "other code)"
+            )
+
+
+def loaded_buffer(value: Any, shape: tuple, dtype: Any, where: str) -> np.ndarray:
+    """A state buffer from a state dict as a host array of ``shape`` and ``dtype``, checked.
+
+    Raises ``TypeError`` unless it is a float or complex array of the
+    parameter's kind (float / complex), ``ValueError`` unless its shape is
+    ``shape``.
+    """
+    try:
+        array = host_array(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{where} is not an array: {err}") from None
+    if not is_optimizable(array.dtype):  # bfloat16 (numpy kind "V") included
+        raise TypeError(f"{where} is {array.dtype}, not a float or complex array")
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(
+            f"{where} has shape {tuple(array.shape)}, the parameter has shape {tuple(shape)}"
+        )
+    if np.iscomplexobj(array) != jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(f"{where} is {array.dtype}, the parameter is {jnp.dtype(dtype).name}")
+    return array.astype(dtype)
