@@ -506,6 +506,7 @@ def test_state_dict_round_trip_in_torch_layout(foreach):
 
     copy = FunctionalRMSprop(_param_leaves(opt), foreach=not foreach)
     copy.load_state_dict(saved)
+    assert copy.foreach is (not foreach)  # a layout choice: not taken from the dict
     grads = [jnp.asarray(_draw(rng, s, d)) for s, d in SPECS]
     opt.step(grads)
     copy.step(grads)
