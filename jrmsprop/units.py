@@ -192,6 +192,7 @@ class Layout:
         )
 
     def shapes_of(self, u: int) -> tuple:
+        """The shapes of unit ``u``'s members, in order."""
         return tuple(self.shapes[i] for i in self.units[u])
 
 
