@@ -60,10 +60,9 @@ def _unit_update(params, grads, states, hyper, centered, maximize, use_momentum,
         centered=centered,
         maximize=maximize,
     )
-    zero_steps = [jnp.zeros([], jnp.int32) for _ in params]
     state = RMSpropState(
         count=jnp.zeros([], jnp.int32),
-        step=zero_steps,
+        step=jnp.zeros([len(params)], jnp.int32),
         square_avg=[s[0] for s in states],
         grad_avg=[s[1] for s in states] if centered else None,
         momentum_buffer=[s[2] for s in states] if use_momentum else None,

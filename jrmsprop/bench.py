@@ -69,6 +69,8 @@ CONFIGS = {
 }
 DTYPES = ("float32", "bfloat16")
 HYPER = {"lr": 1e-3, "alpha": 0.99, "eps": 1e-8}
+# The committed record (results.json, bench.png) the README shows; --record refreshes it.
+RECORD = "benchmarks"
 
 
 def _transformer_shapes(vocab: int, seq: int, width: int, layers: int) -> list[tuple]:
@@ -508,7 +510,38 @@ def summarize(results: list[dict], sweep_elements: int, target_leaves: int) -> d
         out["first_step_over_optax"] = {
             impl: e["first_step_s"] / est["optax"]["first_step_s"] for impl, e in est.items()
         }
+    out["targets"] = _targets(results, rows)
     return out
+
+
+# Leaf counts at which jrmsprop's first step (trace + compile + run) is held to optax's.
+COMPILE_TARGET_LEAVES = (100, 1000, 3000)
+
+
+def _targets(results: list[dict], rows: list[dict]) -> list[dict]:
+    """Each target of the README with its figure: met or not met in this run."""
+    targets = []
+    for row in rows:
+        ratio = row.get("jrmsprop/optax")
+        if ratio is not None:
+            cell = f"{row['case']}/{row['config']}/{row['dtype']}"
+            targets.append({"target": f"step jrmsprop <= 1.0x optax, {cell}", "value": ratio,
+                            "met": ratio <= 1.0})
+    first = {(r["case"], r["config"], r["dtype"], r["impl"]): r for r in results}
+    for (case, config, dtype, impl), r in sorted(first.items()):
+        if impl != "jrmsprop" or r["leaves"] not in COMPILE_TARGET_LEAVES:
+            continue
+        other = first.get((case, config, dtype, "optax"))
+        if other is None:
+            continue
+        ratio = r["first_step_s"] / other["first_step_s"]
+        targets.append({
+            "target": f"first step jrmsprop <= 1.0x optax at {r['leaves']} leaves, "
+                      f"{case}/{config}/{dtype}",
+            "value": ratio,
+            "met": ratio <= 1.0,
+        })
+    return targets
 
 
 def format_table(results: list[dict]) -> str:
@@ -544,11 +577,28 @@ def format_summary(summary: dict) -> str:
         lines.append(f"first step {impl} at {e['leaves']} leaves: {e['first_step_s']:.2f} s ({how})")
     for impl, v in summary.get("first_step_over_optax", {}).items():
         lines.append(f"first step {impl}/optax: {v:.3f}")
+    targets = summary.get("targets", [])
+    if targets:
+        lines.append("")
+        lines.append("targets:")
+    for t in targets:
+        lines.append(f"  {'met' if t['met'] else 'NOT MET'}: {t['target']}: {t['value']:.3f}x")
     return "\n".join(lines)
 
 
-def plot(results: list[dict], sweep_elements: int, path: str) -> None:
-    """Time per step and first-step time against leaf count (plain float32)."""
+def plot(results: list[dict], sweep_elements: int, path: str) -> bool:
+    """Time per step and first-step time against leaf count (plain float32).
+
+    Returns False, saving nothing, when the run has fewer than two leaf
+    counts of the sweep for every implementation: there is no line to draw.
+    """
+    swept = {
+        r["leaves"]
+        for r in results
+        if (r["config"], r["dtype"], r["elements"]) == ("plain", "float32", sweep_elements)
+    }
+    if len(swept) < 2:
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
@@ -579,6 +629,7 @@ def plot(results: list[dict], sweep_elements: int, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    return True
 
 
 def build_cells(args: argparse.Namespace) -> list[Cell]:
@@ -593,8 +644,10 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
     covered = {len(c.shapes) for c in cells if (c.config, c.dtype) == ("plain", "float32")
                and _n_elements(c.shapes) == args.sweep_elements}
     for n in args.sweep:
-        if n not in covered and args.sweep_elements % n == 0:
-            cells.append(Cell(f"sweep-{n}", "plain", "float32", [(args.sweep_elements // n,)] * n))
+        if n not in covered and n <= args.sweep_elements:
+            # n leaves summing to the total exactly (sizes differ by at most one).
+            q, r = divmod(args.sweep_elements, n)
+            cells.append(Cell(f"sweep-{n}", "plain", "float32", [(q + 1,)] * r + [(q,)] * (n - r)))
     # Cheap cells first, so that an interrupted run has measured most cells:
     # the cost is the per-leaf compiles, which run up to the cap.
     return sorted(cells, key=lambda c: len(c.shapes) * (len(c.shapes) <= args.max_compile_leaves))
@@ -617,11 +670,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="total elements of the sweep (default 10,000,000 = the many-small case)")
     p.add_argument("--max-compile-leaves", type=int, default=None,
                    help="skip impls that compile per leaf (jrmsprop, adapter, optax) on cells "
-                        "with more leaves; their first step there is extrapolated (default 1000; "
+                        "with more leaves; their first step there is extrapolated (default 3000; "
                         "--full lifts it)")
     p.add_argument("--full", action="store_true",
                    help="run every impl on every cell (adds minutes of per-leaf compiles)")
-    p.add_argument("--out", default="benchmarks", help="folder for results.json and the plot")
+    p.add_argument("--out", default=None,
+                   help="folder for results.json and the plot (default: a fresh "
+                        "benchmarks/runs/<UTC time>/, ignored by git)")
+    p.add_argument("--record", action="store_true",
+                   help="write to benchmarks/, the committed record the README shows")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -632,13 +689,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         bad = [x for x in chosen if x not in allowed]
         if bad:
             p.error(f"unknown {name} {', '.join(bad)}; choose from {', '.join(allowed)}")
+    if args.record and args.out is not None:
+        p.error("--record writes to benchmarks/; leave out --out")
+    if args.out is None:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        args.out = RECORD if args.record else os.path.join(RECORD, "runs", stamp)
     args.repeats = args.repeats or (3 if args.tiny else 20)
-    args.sweep = args.sweep if args.sweep is not None else ([1, 4, 20] if args.tiny else [1, 10, 100, 1000, 10000])
+    args.sweep = args.sweep if args.sweep is not None else ([1, 4, 20] if args.tiny else [1, 10, 100, 1000, 3000, 10000])
     args.sweep_elements = args.sweep_elements or (200 if args.tiny else 10_000_000)
     if args.full:
         args.max_compile_leaves = sys.maxsize
     elif args.max_compile_leaves is None:
-        args.max_compile_leaves = 1000
+        args.max_compile_leaves = max(COMPILE_TARGET_LEAVES)
     return args
 
 
@@ -693,10 +755,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print("\nunavailable: " + "; ".join(f"{k}: {v}" for k, v in missing.items()))
     print(f"\nload average before/after: {load_before} / {_load()}; wall {doc['meta']['wall_s']:.0f} s")
     if not args.no_plot:
+        path = os.path.join(args.out, "bench.png")
         try:
-            plot(doc["results"], args.sweep_elements, os.path.join(args.out, "bench.png"))
+            if plot(doc["results"], args.sweep_elements, path):
+                print(f"plot: {path}")
+            else:
+                print(
+                    "no plot: the run has fewer than two leaf counts of the plain float32 "
+                    f"sweep ({args.sweep_elements:,} elements); add --sweep 1,10,100"
+                )
         except ImportError:
             print("no plot: matplotlib is not installed (pip install matplotlib)")
+    print(f"results: {os.path.join(args.out, 'results.json')}")
     return doc
 
 

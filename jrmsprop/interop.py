@@ -4,7 +4,9 @@ Parameter order: torch numbers its parameters in the order they were given to
 the optimizer (``model.parameters()`` order for ``RMSprop(model.parameters())``);
 here parameter ``i`` is ``jax.tree.leaves(params)[i]``. Build the JAX params as
 a list (or any pytree whose leaves come in that order), e.g.
-``[jnp.asarray(p.detach().numpy()) for p in model.parameters()]``. A dict of
+``[jnp.array(p.detach().numpy()) for p in model.parameters()]`` (``jnp.array``
+copies: ``jnp.asarray`` may share memory with the torch tensor, which torch's
+next in-place step would then change under JAX's feet). A dict of
 params flattens in sorted key order, which is usually NOT torch's order.
 
 Both functions take and return dicts, never paths: nothing is unpickled here.
@@ -51,7 +53,8 @@ def _to_numpy(value: Any) -> np.ndarray:
     """A torch tensor (or any array) as a numpy array, dtype kept."""
     if hasattr(value, "detach"):
         torch = _import_torch()
-        tensor = value.detach().cpu()
+        # A conjugated or negated view (x.conj(), -x lazily) is materialized first.
+        tensor = value.detach().cpu().resolve_conj().resolve_neg()
         if tensor.dtype == torch.bfloat16:
             # numpy has no bfloat16: move the bits, then view them as ml_dtypes'.
             return tensor.view(torch.int16).numpy().view(jnp.bfloat16)
@@ -95,7 +98,43 @@ def _single_group(state_dict: Mapping) -> Mapping:
             "one is supported. Convert each group on its own (with the params of that "
             "group) and combine them with optax.multi_transform."
         )
-    return groups[0]
+    group = groups[0]
+    missing = [key for key in (*_FLOAT_KEYS, "centered", "params") if key not in group]
+    if missing:
+        raise ValueError(
+            "from_torch_state_dict: this is not torch.optim.RMSprop's state: its param "
+            f"group lacks {missing} (it has {sorted(map(str, group))}); "
+            f"{_foreign_hint(state_dict)}"
+        )
+    return group
+
+
+_RMSPROP_KEYS = {"step", "square_avg", "momentum_buffer", "grad_avg"}
+
+
+def _foreign_hint(state_dict: Mapping) -> str:
+    """Names the state keys found, which tell which optimizer wrote the dict."""
+    found = sorted({str(k) for entry in state_dict["state"].values() for k in entry})
+    foreign = sorted(set(found) - _RMSPROP_KEYS)
+    if foreign:
+        return f"its state has {foreign}, keys of another optimizer (Adam's exp_avg, ...)"
+    return f"its state keys are {found}"
+
+
+def _step_number(value: Any, where: str) -> int:
+    """torch's float ``step`` as an int; a finite non-negative integer or an error."""
+    try:
+        number = float(_to_numpy(value))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"from_torch_state_dict: {where}: step must be a number, got {value!r}"
+        ) from None
+    if not (np.isfinite(number) and number >= 0 and number == int(number)):
+        raise ValueError(
+            f"from_torch_state_dict: {where}: step must be a finite non-negative "
+            f"integer, got {number}"
+        )
+    return int(number)
 
 
 def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpropState]:
@@ -133,7 +172,7 @@ def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpr
       >>> model = torch.nn.Linear(3, 2)
       >>> opt = torch.optim.RMSprop(model.parameters(), lr=1e-3, momentum=0.9)
       >>> model(torch.ones(4, 3)).sum().backward(); opt.step()
-      >>> params = [jnp.asarray(p.detach().numpy()) for p in model.parameters()]
+      >>> params = [jnp.array(p.detach().numpy()) for p in model.parameters()]
       >>> hyperparams, state = jrmsprop.from_torch_state_dict(opt.state_dict(), params)
       >>> tx = jrmsprop.rmsprop(**hyperparams)  # continue with tx.update(grads, state, params)
     """
@@ -165,11 +204,16 @@ def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpr
         where = f"torch parameter {position} (id {torch_id}) / JAX leaf {jax_path}"
         entry = state_dict["state"].get(torch_id)
         leaf = jnp.asarray(leaf)
+        if entry is not None and not _RMSPROP_KEYS >= set(map(str, entry)):
+            raise ValueError(
+                f"from_torch_state_dict: {where}: this is not torch.optim.RMSprop's "
+                f"state: {_foreign_hint(state_dict)}"
+            )
 
         def read(key: str, entry=entry, leaf=leaf, where=where) -> jax.Array:
             if entry is None:
                 return jnp.zeros_like(leaf)
-            if key not in entry:
+            if entry.get(key) is None:
                 raise ValueError(
                     f"from_torch_state_dict: {where}: the torch state has no "
                     f"'{key}' (it has {sorted(entry)}), which this configuration needs"
@@ -188,7 +232,9 @@ def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpr
                 )
             return jnp.asarray(value)
 
-        steps.append(jnp.asarray(0 if entry is None else _number(entry["step"]), jnp.int32))
+        if entry is not None and "step" not in entry:
+            raise ValueError(f"from_torch_state_dict: {where}: the torch state has no 'step'")
+        steps.append(0 if entry is None else _step_number(entry["step"], where))
         square_avgs.append(read("square_avg"))
         if uses_momentum:
             buffers.append(read("momentum_buffer"))
@@ -197,8 +243,8 @@ def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpr
 
     unflatten = lambda leaves: jax.tree.unflatten(treedef, leaves)
     state = RMSpropState(
-        count=jnp.asarray(max((int(s) for s in steps), default=0), jnp.int32),
-        step=unflatten(steps),
+        count=jnp.asarray(max(steps, default=0), jnp.int32),
+        step=jnp.asarray(steps, jnp.int32).reshape(len(steps)),
         square_avg=unflatten(square_avgs),
         momentum_buffer=unflatten(buffers) if uses_momentum else None,
         grad_avg=unflatten(grad_avgs) if hyperparams["centered"] else None,
@@ -279,7 +325,12 @@ def to_torch_state_dict(hyperparams: Mapping, state: RMSpropState) -> dict:
 
     torch = _import_torch()
     square_avgs, treedef = jax.tree.flatten(state.square_avg)
-    steps = treedef.flatten_up_to(state.step)
+    steps = np.asarray(state.step).tolist()
+    if len(steps) != len(square_avgs) or np.ndim(state.step) != 1:
+        raise ValueError(
+            f"to_torch_state_dict: state.step has shape {np.shape(state.step)}; it must be "
+            f"a vector with one entry per parameter ({len(square_avgs)})"
+        )
     buffers = (
         [None] * len(steps)
         if state.momentum_buffer is None
@@ -292,7 +343,7 @@ def to_torch_state_dict(hyperparams: Mapping, state: RMSpropState) -> dict:
     for i, (step, square_avg, buffer, grad_avg) in enumerate(
         zip(steps, square_avgs, buffers, grad_avgs)
     ):
-        if int(step) == 0:
+        if step == 0:
             continue
         # torch keeps step as a float32 scalar tensor (torch.tensor(0.0) + 1 per step).
         entry = {"step": torch.tensor(float(step)), "square_avg": _to_tensor(square_avg)}

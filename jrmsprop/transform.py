@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jrmsprop.validation import (
@@ -32,9 +33,13 @@ class RMSpropState(NamedTuple):
     Attributes:
       count: number of updates applied so far (int32 scalar); what an ``lr``
         schedule reads.
-      step: per parameter, torch's ``state["step"]`` (int32 scalar): how many
-        times that parameter received a gradient.
-      square_avg: per parameter, the running average of squared gradients.
+      step: torch's per-parameter ``state["step"]``, for all parameters in
+        ONE int32 vector: ``step[i]`` is how many times leaf ``i`` of
+        ``jax.tree.leaves(params)`` received a gradient. One array instead
+        of one per leaf: a per-leaf counter costs a kernel, an input and an
+        output per leaf in the compiled step.
+      square_avg: per parameter, the running average of squared gradients
+        (a pytree like ``params``).
       momentum_buffer: per parameter, the momentum buffer; ``None`` (no
         memory) when the transformation was built with ``momentum == 0``.
       grad_avg: per parameter, the running average of gradients; ``None`` (no
@@ -42,7 +47,7 @@ class RMSpropState(NamedTuple):
     """
 
     count: jax.Array
-    step: Any
+    step: jax.Array
     square_avg: Any
     momentum_buffer: Any
     grad_avg: Any
@@ -126,7 +131,8 @@ def rmsprop_math(
         momentum_buffer = stored(momentum_buffer * momentum + grad / avg)
         update = -lr * momentum_buffer
     else:
-        update = -lr * (grad / avg)
+        # torch's addcdiv_(g, avg, value=-lr): (-lr * g) / avg, in that order.
+        update = (-lr * grad) / avg
     return update, square_avg, grad_avg, momentum_buffer
 
 
@@ -176,35 +182,72 @@ def step_leaf(param, grad, square_avg, grad_avg, momentum_buffer, hyper, maximiz
     return tuple(None if x is None else x.astype(dtype) for x in joined)
 
 
-def _flatten_like(reference_def, tree: Any, what: str, reference_what: str):
-    """Leaves of ``tree`` (``None`` kept as a leaf) checked against a treedef."""
-    leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: x is None)
-    if treedef != reference_def:
+def _leaves_like(treedef, tree: Any, what: str) -> list:
+    """``tree``'s subtrees at the leaves of the state's ``treedef``.
+
+    The structure is decided against the state: where the params had
+    ``None`` (an empty subtree: no parameter, as in optax), ``tree`` must have
+    ``None`` too; where the params had an array, ``tree`` may hold ``None``
+    (a gradient that was not computed: torch's skipped parameter).
+    """
+    try:
+        return treedef.flatten_up_to(tree)
+    except (ValueError, TypeError):
         raise ValueError(
-            f"rmsprop: the structure of {what} does not match {reference_what}: "
-            f"{what} is {treedef}, {reference_what} is {reference_def}"
-        )
-    return leaves
+            f"rmsprop: the structure of {what} does not match the optimizer state: "
+            f"{what} is {jax.tree.structure(tree, is_leaf=_is_none)}, "
+            f"the optimizer state (from params at init) is {treedef}"
+        ) from None
 
 
-def _check_state(state: Any, centered: bool, momentum: Any) -> None:
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def _check_state(state: Any, centered: bool, momentum: Any) -> tuple:
+    """The state's leaves, each buffer checked against ``square_avg``; ``(treedef, paths)``."""
     if not isinstance(state, RMSpropState):
         raise TypeError(f"rmsprop: state must be an RMSpropState, got {type(state).__name__}")
-    if centered and state.grad_avg is None:
+    if centered != (state.grad_avg is not None):
+        made = "rmsprop(centered=False)" if centered else "rmsprop(centered=True)"
         raise ValueError(
-            "rmsprop: state has no grad_avg but the transformation is centered: "
-            "the state was created by rmsprop(centered=False)"
-        )
-    if not centered and state.grad_avg is not None:
-        raise ValueError(
-            "rmsprop: state has a grad_avg but the transformation is not centered: "
-            "the state was created by rmsprop(centered=True)"
+            f"rmsprop: state {'has no' if centered else 'has a'} grad_avg but the "
+            f"transformation is{'' if centered else ' not'} centered: the state was "
+            f"created by {made}"
         )
     if state.momentum_buffer is None and isinstance(momentum, (int, float)) and momentum > 0:
         raise ValueError(
             f"rmsprop: momentum={momentum} needs a momentum_buffer, and the state "
             "has none: it was created with momentum=0"
         )
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(state.square_avg)
+    paths = [path for path, _ in with_path]
+    refs = [leaf for _, leaf in with_path]
+    for name in ("grad_avg", "momentum_buffer"):
+        tree = getattr(state, name)
+        if tree is None:
+            continue
+        for path, leaf, ref in zip(paths, _leaves_like(treedef, tree, f"state.{name}"), refs):
+            if leaf is None:
+                raise ValueError(f"rmsprop: state.{name} at {path_str(path)} is None")
+            check_pair(path, leaf, ref, f"state.{name}", "state.square_avg")
+    step = state.step
+    if (
+        not hasattr(step, "shape")
+        or tuple(step.shape) != (len(paths),)
+        or not jnp.issubdtype(step.dtype, jnp.integer)
+    ):
+        raise ValueError(
+            f"rmsprop: state.step must be an integer vector with one entry per parameter, "
+            f"shape ({len(paths)},); got {_describe_step(step)}"
+        )
+    return treedef, paths
+
+
+def _describe_step(step: Any) -> str:
+    if hasattr(step, "shape") and hasattr(step, "dtype"):
+        return f"{jnp.dtype(step.dtype).name}{list(step.shape)}"
+    return f"a {type(step).__name__} (a state from an older jrmsprop keeps one step per leaf)"
 
 
 def _wants_momentum_buffer(momentum: Any) -> bool:
@@ -226,8 +269,11 @@ def rmsprop(
     weight_decay: Scalar = 0.0,
     momentum: Scalar = 0.0,
     centered: bool = False,
+    capturable: bool = False,
+    foreach: bool | None = None,
     maximize: bool = False,
-) -> optax.GradientTransformation:
+    differentiable: bool = False,
+) -> optax.GradientTransformationExtraArgs:
     r"""PyTorch's ``torch.optim.RMSprop``, number for number, as optax.
 
     For each parameter :math:`p` with gradient :math:`g`, in torch's order
@@ -250,9 +296,25 @@ def rmsprop(
     ``torch.view_as_real``: each component has its own moments, so the real
     part of ``square_avg`` averages :math:`\operatorname{re}(g)^2` and its
     imaginary part :math:`\operatorname{im}(g)^2` (not :math:`|g|^2`).
-    A ``None`` gradient skips its parameter: its update is ``-0.0`` (so
-    ``optax.apply_updates`` leaves it bit for bit), its state and its step
-    stay as they were.
+    **Complex parameters and ``jax.grad``.** For a real loss, ``jax.grad``
+    returns the conjugate of what torch puts in ``.grad``. To follow torch's
+    trajectory, conjugate JAX's gradients first (for a complex least-squares
+    fit, the naive port diverges where torch converges)::
+
+      grads = jax.tree.map(jnp.conj, jax.grad(loss)(params))
+
+    **``None`` in a pytree** has two meanings, as in optax and torch:
+
+    * ``None`` in ``params`` (an optional field, an equinox module's
+      non-array field after ``eqx.filter``) is an empty subtree: no parameter,
+      no state; the gradient there is ``None`` too and so is the update.
+    * ``None`` as the gradient of a parameter that is an array is torch's
+      ``p.grad is None``: the parameter is skipped: its update is ``-0.0``
+      (so ``optax.apply_updates`` leaves it bit for bit), its state and its
+      step stay as they were.
+
+    The structure of ``grads`` is decided against the state built at
+    ``init``, so the two never mix.
 
     How it differs from ``optax.rmsprop``:
 
@@ -274,10 +336,22 @@ def rmsprop(
         ``params`` in ``update`` when non-zero.
       momentum: momentum factor; a buffer is kept when it is > 0 at ``init``.
       centered: normalize by the variance estimate instead of the second moment.
+      capturable: torch's CUDA-graph flag. Accepted, no effect: a jitted step
+        is always one captured program, with ``step`` kept on the device.
+      foreach: torch's choice of kernel (for-loop or multi-tensor). Accepted,
+        no effect: XLA compiles and fuses the whole step; torch's two kernels
+        give the same numbers up to rounding, and so does this one.
       maximize: maximize the objective instead of minimizing it.
+      differentiable: torch's flag for autograd through ``step``. Accepted,
+        no effect: ``update`` is always differentiable with ``jax.grad``.
+
+    The positional order is ``torch.optim.RMSprop``'s (after ``params``).
 
     Returns:
-      An ``optax.GradientTransformation`` whose state is :class:`RMSpropState`.
+      An ``optax.GradientTransformationExtraArgs`` whose state is
+      :class:`RMSpropState`. ``update(grads, state, params=None, **extra_args)``
+      accepts and ignores optax's extra arguments (``value``, ...), so it
+      chains with transformations that read them.
 
     Example::
 
@@ -290,6 +364,7 @@ def rmsprop(
       >>> params = optax.apply_updates(params, updates)
     """
     check_hyperparams(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
+    del capturable, foreach, differentiable  # accepted for torch's signature; see Args
 
     def init_fn(params: Any) -> RMSpropState:
         check_leaves(params, "params")
@@ -299,44 +374,26 @@ def rmsprop(
 
         return RMSpropState(
             count=jnp.zeros([], jnp.int32),
-            step=jax.tree.map(lambda _: jnp.zeros([], jnp.int32), params),
+            step=jnp.zeros([len(jax.tree.leaves(params))], jnp.int32),
             square_avg=zeros(),
             momentum_buffer=zeros() if _wants_momentum_buffer(momentum) else None,
             grad_avg=zeros() if centered else None,
         )
 
     def update_fn(
-        updates: Any, state: RMSpropState, params: Any = None
+        updates: Any, state: RMSpropState, params: Any = None, **extra_args: Any
     ) -> tuple[Any, RMSpropState]:
-        _check_state(state, centered, momentum)
-        uses_decay = not (isinstance(weight_decay, (int, float)) and weight_decay == 0)
-        if uses_decay and params is None:
-            raise ValueError(
-                f"rmsprop: weight_decay={weight_decay} needs params: call "
-                "update(grads, state, params)"
-            )
-        square_avg_leaves, treedef = jax.tree.flatten(state.square_avg)
-        paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(state.square_avg)[0]]
-        grad_leaves = _flatten_like(treedef, updates, "grads", "the optimizer state")
-        for path, g, s in zip(paths, grad_leaves, square_avg_leaves):
+        del extra_args  # optax's extra-arguments protocol: RMSprop reads none of them
+        treedef, paths = _check_state(state, centered, momentum)
+        grads = _leaves_like(treedef, updates, "grads")
+        square_avgs = treedef.flatten_up_to(state.square_avg)
+        for path, g, s in zip(paths, grads, square_avgs):
             check_pair(path, g, s, "grads", "the optimizer state")
-        if params is None:
-            param_leaves = [None] * len(square_avg_leaves)
-        else:
-            param_leaves = _flatten_like(treedef, params, "params", "the optimizer state")
-            for path, p, s in zip(paths, param_leaves, square_avg_leaves):
-                if p is None:
-                    raise ValueError(f"rmsprop: params leaf {path_str(path)} is None")
-                check_pair(path, p, s, "params", "the optimizer state")
+        param_leaves = _param_leaves(treedef, paths, params, square_avgs, weight_decay)
 
         def leaves_or_nones(tree):
-            if tree is None:
-                return [None] * len(square_avg_leaves)
-            return treedef.flatten_up_to(tree)
+            return [None] * len(paths) if tree is None else treedef.flatten_up_to(tree)
 
-        step_leaves = treedef.flatten_up_to(state.step)
-        grad_avg_leaves = leaves_or_nones(state.grad_avg)
-        buffer_leaves = leaves_or_nones(state.momentum_buffer)
         hyper = {
             "lr": lr(state.count) if callable(lr) else lr,
             "alpha": alpha,
@@ -344,37 +401,48 @@ def rmsprop(
             "weight_decay": weight_decay,
             "momentum": momentum,
         }
-
-        out_updates, out_step, out_sq, out_ga, out_buf = [], [], [], [], []
-        for p, g, step, s, a, m in zip(
-            param_leaves,
-            grad_leaves,
-            step_leaves,
-            square_avg_leaves,
-            grad_avg_leaves,
-            buffer_leaves,
-        ):
-            if g is None:  # torch skips the parameter: no update, no state change
-                u = jnp.full_like(s, -0.0)
-            else:
-                u, s, a, m = step_leaf(p, g, s, a, m, hyper, maximize)
-                step = step + 1
-            out_updates.append(u)
-            out_step.append(step)
-            out_sq.append(s)
-            out_ga.append(a)
-            out_buf.append(m)
-
-        def unflatten(leaves):
-            return jax.tree.unflatten(treedef, leaves)
-
+        outs = [
+            # torch skips a parameter without a gradient: no update, no state change.
+            (jnp.full_like(s, -0.0), s, a, m)
+            if g is None
+            else step_leaf(p, g, s, a, m, hyper, maximize)
+            for p, g, s, a, m in zip(
+                param_leaves,
+                grads,
+                square_avgs,
+                leaves_or_nones(state.grad_avg),
+                leaves_or_nones(state.momentum_buffer),
+            )
+        ]
+        columns = list(zip(*outs)) or [()] * 4
+        new_updates, new_sq, new_ga, new_buf = (
+            jax.tree.unflatten(treedef, list(leaves)) for leaves in columns
+        )
+        stepped = np.array([g is not None for g in grads], np.int32)
         new_state = RMSpropState(
             count=optax.safe_increment(state.count),
-            step=unflatten(out_step),
-            square_avg=unflatten(out_sq),
-            momentum_buffer=None if state.momentum_buffer is None else unflatten(out_buf),
-            grad_avg=None if state.grad_avg is None else unflatten(out_ga),
+            step=state.step + stepped,
+            square_avg=new_sq,
+            momentum_buffer=None if state.momentum_buffer is None else new_buf,
+            grad_avg=None if state.grad_avg is None else new_ga,
         )
-        return unflatten(out_updates), new_state
+        return new_updates, new_state
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _param_leaves(treedef, paths, params, square_avgs, weight_decay) -> list:
+    """The params' leaves, checked against the state; ``None``s when not given."""
+    if params is None:
+        if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
+            raise ValueError(
+                f"rmsprop: weight_decay={weight_decay} needs params: call "
+                "update(grads, state, params)"
+            )
+        return [None] * len(paths)
+    leaves = _leaves_like(treedef, params, "params")
+    for path, p, s in zip(paths, leaves, square_avgs):
+        if p is None:
+            raise ValueError(f"rmsprop: params leaf {path_str(path)} is None")
+        check_pair(path, p, s, "params", "the optimizer state")
+    return leaves

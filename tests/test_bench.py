@@ -8,6 +8,7 @@ size of a parameter; outputs alias the donated params and state).
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +20,7 @@ def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     doc = bench.main([
         "--tiny", "--cases", "large,many-small", "--configs", "centered+momentum",
-        "--dtypes", "float32", "--repeats", "2", "--warmup", "0", "--sweep", "1",
+        "--dtypes", "float32", "--repeats", "2", "--warmup", "0", "--sweep", "1,4",
         "--no-progress", "--out", str(out),
     ])
     return doc, out
@@ -34,6 +35,7 @@ def test_every_available_impl_runs_on_every_cell(tiny_run):
         ("large", "centered+momentum", "float32"),
         ("many-small", "centered+momentum", "float32"),
         ("sweep-1", "plain", "float32"),
+        ("sweep-4", "plain", "float32"),
     }
     for cell in cells:
         impls = sorted(r["impl"] for r in doc["results"] if (r["case"], r["config"], r["dtype"]) == cell)
@@ -112,3 +114,32 @@ def test_flat_layout_steps_like_the_per_leaf_pytree():
     for field in ("square_avg", "grad_avg", "momentum_buffer"):
         np.testing.assert_allclose(getattr(flat_state, field),
                                    ravel_pytree(getattr(state, field))[0], rtol=1e-6, atol=1e-7)
+
+
+def test_summary_lists_each_target_met_or_not(tiny_run, capsys):
+    doc, _ = tiny_run
+    targets = doc["summary"]["targets"]
+    names = [t["target"] for t in targets]
+    assert any(n.startswith("step jrmsprop <= 1.0x optax, large/") for n in names)
+    for t in targets:
+        assert t["met"] == (t["value"] <= 1.0)
+    printed = bench.format_summary(doc["summary"])
+    assert "targets:" in printed and ("met: step" in printed or "NOT MET: step" in printed)
+
+
+def test_a_run_writes_to_a_fresh_folder_unless_recording():
+    """The committed record (benchmarks/results.json, bench.png) changes only with --record."""
+    args = bench.parse_args(["--tiny"])
+    assert args.out.startswith("benchmarks/runs/") and args.out != "benchmarks/runs/"
+    assert bench.parse_args(["--tiny", "--record"]).out == bench.RECORD == "benchmarks"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--record", "--out", "x"])
+    ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
+    assert "benchmarks/runs/" in ignored
+
+
+def test_a_run_with_one_sweep_point_saves_no_empty_chart(tmp_path):
+    one = [{"impl": "jrmsprop", "leaves": 1, "median_s": 0.01, "first_step_s": 0.1,
+            "config": "plain", "dtype": "float32", "elements": 100}]
+    assert bench.plot(one, 100, str(tmp_path / "bench.png")) is False
+    assert not (tmp_path / "bench.png").exists()

@@ -147,4 +147,70 @@ def test_a_failed_update_changes_nothing():
     after = [np.array(x) for x in (params["w"], state.square_avg["w"], state.momentum_buffer["w"])]
     for b, a in zip(before, after):
         np.testing.assert_array_equal(b, a)
-    assert int(state.step["w"]) == 1 and int(state.count) == 1
+    assert int(state.step[0]) == 1 and int(state.count) == 1
+
+
+@pytest.mark.parametrize("buffer", ["momentum_buffer", "grad_avg"])
+def test_state_buffer_of_the_wrong_shape_names_its_path(buffer):
+    """Every buffer is checked, not only square_avg: a (3, 3) buffer must not broadcast."""
+    params = {"w": jnp.ones(3)}
+    opt = jrmsprop.rmsprop(momentum=0.9, centered=True)
+    state = opt.init(params)
+    state = state._replace(**{buffer: {"w": jnp.ones((3, 3))}})
+    with pytest.raises(
+        ValueError,
+        match=rf"\['w'\]: state\.{buffer} has shape \(3, 3\), state.square_avg has shape \(3,\)",
+    ):
+        opt.update({"w": jnp.ones(3)}, state, params)
+
+
+def test_state_buffer_of_the_wrong_dtype_names_its_path():
+    params = {"w": jnp.ones(3, jnp.float32)}
+    opt = jrmsprop.rmsprop(momentum=0.9)
+    state = opt.init(params)._replace(momentum_buffer={"w": jnp.ones(3, jnp.float64)})
+    with pytest.raises(
+        TypeError, match=r"\['w'\]: state\.momentum_buffer is float64, state.square_avg is float32"
+    ):
+        opt.update({"w": jnp.ones(3, jnp.float32)}, state, params)
+
+
+def test_state_buffer_of_another_structure_is_an_error():
+    params = {"w": jnp.ones(3)}
+    opt = jrmsprop.rmsprop(centered=True)
+    state = opt.init(params)._replace(grad_avg=[jnp.ones(3)])
+    with pytest.raises(ValueError, match=r"structure of state\.grad_avg"):
+        opt.update({"w": jnp.ones(3)}, state, params)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        jnp.zeros(2, jnp.int32),  # one entry too many
+        jnp.zeros((), jnp.int32),  # a scalar
+        jnp.zeros(1, jnp.float32),  # not an integer
+        {"w": jnp.zeros([], jnp.int32)},  # the per-leaf layout of jrmsprop <= 0.1
+    ],
+)
+def test_step_that_is_not_one_integer_per_parameter_is_an_error(step):
+    params = {"w": jnp.ones(3)}
+    opt = jrmsprop.rmsprop()
+    state = opt.init(params)._replace(step=step)
+    with pytest.raises(ValueError, match=r"state\.step must be an integer vector.*\(1,\)"):
+        opt.update({"w": jnp.ones(3)}, state, params)
+
+
+def test_none_param_where_the_state_has_an_array_is_an_error():
+    params = {"w": jnp.ones(3)}
+    opt = jrmsprop.rmsprop(weight_decay=0.1)
+    state = opt.init(params)
+    with pytest.raises(ValueError, match=r"params leaf \['w'\] is None"):
+        opt.update({"w": jnp.ones(3)}, state, {"w": None})
+
+
+def test_array_gradient_where_params_had_none_is_a_structure_error():
+    """A None in params is no parameter: a gradient there belongs to nothing."""
+    params = {"w": jnp.ones(3), "b": None}
+    opt = jrmsprop.rmsprop()
+    state = opt.init(params)
+    with pytest.raises(ValueError, match="structure of grads does not match"):
+        opt.update({"w": jnp.ones(3), "b": jnp.ones(2)}, state, params)

@@ -148,9 +148,7 @@ def test_round_trip_is_bit_exact():
         jrmsprop.to_torch_state_dict(hyperparams, state), params
     )
     assert back_hyperparams == hyperparams
-    chex_equal = jax.tree.map(
-        lambda a, b: a.dtype == b.dtype and np.array_equal(a, b), state, back
-    )
+    chex_equal = jax.tree.map(lambda a, b: a.dtype == b.dtype and np.array_equal(a, b), state, back)
     assert all(jax.tree.leaves(chex_equal))
 
 
@@ -273,5 +271,64 @@ def test_migration_example_prints_equal_curves(capsys):
     assert "curves equal" in out
     rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
     assert len(rows) == 10
-    assert_close(np.array([float(r[2]) for r in rows]), np.array([float(r[1]) for r in rows]),
-                 rtol=0, atol=1.5e-6)  # printed to 6 decimals
+    assert_close(
+        np.array([float(r[2]) for r in rows]),
+        np.array([float(r[1]) for r in rows]),
+        rtol=0,
+        atol=1.5e-6,
+    )  # printed to 6 decimals
+
+
+@pytest.mark.parametrize(
+    "make, found",
+    [
+        (lambda ps: torch.optim.Adam(ps, lr=1e-3), "exp_avg"),
+        (lambda ps: torch.optim.SGD(ps, lr=1e-3, momentum=0.9), "momentum_buffer"),
+    ],
+)
+def test_another_optimizers_state_dict_is_named_not_a_key_error(make, found):
+    params0, grads = _data(np.float32)
+    torch_params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
+    torch_opt = make(torch_params)
+    _torch_steps(torch_params, torch_opt, grads[:2])
+    with pytest.raises(ValueError, match=rf"not torch.optim.RMSprop's state.*{found}"):
+        jrmsprop.from_torch_state_dict(torch_opt.state_dict(), [jnp.array(p) for p in params0])
+
+
+@pytest.mark.parametrize("bad", [-1.0, 2.5, float("nan"), float("inf"), "three"])
+def test_step_must_be_a_finite_non_negative_integer(bad):
+    state_dict, params = _stepped_torch_state()
+    state_dict = copy.deepcopy(state_dict)
+    state_dict["state"][0]["step"] = bad if isinstance(bad, str) else torch.tensor(bad)
+    with pytest.raises(ValueError, match=r"torch parameter 0.*step must be"):
+        jrmsprop.from_torch_state_dict(state_dict, params)
+
+
+def test_conjugate_and_negative_bit_tensors_are_read_by_value():
+    """A lazily conjugated or negated tensor (x.conj(), x.conj().imag) reads as its values."""
+    params = [jnp.zeros(3, jnp.complex64), jnp.zeros(3, jnp.float32)]
+    z = torch.tensor([1 + 2j, 3 - 1j, -2 + 0.5j], dtype=torch.complex64)
+    lazy_neg = z.conj().imag  # a view with the negative bit set
+    assert z.conj().is_conj() and lazy_neg.is_neg()
+    state_dict = {
+        "state": {
+            0: {"step": torch.tensor(1.0), "square_avg": z.conj()},
+            1: {"step": torch.tensor(1.0), "square_avg": lazy_neg},
+        },
+        "param_groups": [
+            {
+                "lr": 0.01,
+                "alpha": 0.99,
+                "eps": 1e-8,
+                "weight_decay": 0,
+                "momentum": 0,
+                "centered": False,
+                "maximize": False,
+                "params": [0, 1],
+            }
+        ],
+    }
+    _, state = jrmsprop.from_torch_state_dict(state_dict, params)
+    np.testing.assert_array_equal(state.square_avg[0], np.conj(z.numpy()))
+    np.testing.assert_array_equal(state.square_avg[1], -z.numpy().imag)
+    np.testing.assert_array_equal(state.step, [1, 1])

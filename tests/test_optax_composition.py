@@ -56,6 +56,11 @@ def _set_grads(torch_params, grads):
 def _assert_matches_torch(params, rms_state, torch_params, torch_opt, names=None):
     """Params, and every buffer of ``rms_state`` (an RMSpropState over ``names``)."""
     names = sorted(torch_params) if names is None else names
+    # state.step has one entry per leaf of the state's params, in leaf order.
+    leaf_keys = [
+        jax.tree_util.keystr(path)
+        for path, _ in jax.tree_util.tree_flatten_with_path(rms_state.square_avg)[0]
+    ]
     for name in names:
         assert_close(
             np.array(params[name]),
@@ -63,7 +68,7 @@ def _assert_matches_torch(params, rms_state, torch_params, torch_opt, names=None
             msg=lambda m, n=name: f"param {n}: {m}",
         )
         torch_state = torch_opt.state[torch_params[name]]
-        assert int(rms_state.step[name]) == int(torch_state["step"]), name
+        assert int(rms_state.step[leaf_keys.index(f"[{name!r}]")]) == int(torch_state["step"]), name
         for buffer in ("square_avg", "momentum_buffer", "grad_avg"):
             ours = getattr(rms_state, buffer)
             if ours is None:
@@ -311,3 +316,78 @@ def test_readme_optax_block_runs():
     params = {name: jnp.ones(shape) for name, shape in SHAPES.items() if name != "norm.bias"}
     tx = namespace["tx"]  # the last transformation the block built initializes and steps
     tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+
+
+# -- optax's extra-arguments protocol ----------------------------------------
+
+
+def test_update_takes_optax_extra_args_directly():
+    """GradientTransformationExtraArgs: extra keyword arguments are accepted and ignored."""
+    opt = jrmsprop.rmsprop(lr=0.1)
+    assert isinstance(opt, optax.GradientTransformationExtraArgs)
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.array([0.5, -1.0, 2.0])}
+    plain, _ = opt.update(grads, opt.init(params), params)
+    extra, _ = opt.update(grads, opt.init(params), params, value=jnp.asarray(3.0), foo=1)
+    np.testing.assert_array_equal(plain["w"], extra["w"])
+
+
+def test_chain_with_reduce_on_plateau_reads_the_value():
+    """reduce_on_plateau needs ``value``: the chain passes it through jrmsprop to it."""
+    opt = optax.chain(
+        jrmsprop.rmsprop(lr=1.0),
+        optax.contrib.reduce_on_plateau(factor=0.5, patience=0, accumulation_size=1),
+    )
+    params = {"w": jnp.ones(3)}
+    state = opt.init(params)
+    grads = {"w": jnp.ones(3)}
+    update = jax.jit(opt.update)
+    for _ in range(4):  # the loss never improves: the plateau lowers the scale
+        updates, state = update(grads, state, params, value=jnp.asarray(1.0))
+    scale = float(state[1].scale)
+    assert scale < 1.0
+    ref = jrmsprop.rmsprop(lr=1.0)
+    ref_state = ref.init(params)
+    for _ in range(4):
+        ref_updates, ref_state = ref.update(grads, ref_state, params)
+    np.testing.assert_allclose(updates["w"], scale * ref_updates["w"], rtol=1e-6)
+
+
+def test_optimistix_minimise_runs_with_jrmsprop():
+    """optimistix's OptaxMinimiser calls update(..., value=..., **): it converges."""
+    optx = pytest.importorskip("optimistix")
+
+    def loss(y, args):
+        return jnp.sum((y - jnp.array([1.0, -2.0, 3.0])) ** 2)
+
+    solver = optx.OptaxMinimiser(jrmsprop.rmsprop(lr=1e-2), rtol=1e-6, atol=1e-6)
+    solution = optx.minimise(loss, solver, jnp.zeros(3), max_steps=5000, throw=False)
+    np.testing.assert_allclose(solution.value, [1.0, -2.0, 3.0], atol=1e-2)
+
+
+def test_masked_multi_transform_and_multisteps_see_one_step_entry_per_stepped_leaf():
+    """optax.masked hands rmsprop the masked tree: MaskedNodes are no parameter, no step."""
+    params = {"a": jnp.ones(2), "b": jnp.ones(3), "c": jnp.ones(())}
+    mask = {"a": True, "b": False, "c": True}
+    opt = optax.masked(jrmsprop.rmsprop(lr=0.1), mask)
+    state = opt.init(params)
+    assert state.inner_state.step.shape == (2,)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, state = jax.jit(opt.update)(grads, state, params)
+    np.testing.assert_array_equal(state.inner_state.step, [1, 1])
+    np.testing.assert_array_equal(updates["b"], grads["b"])  # passed through unmasked
+
+    multi = optax.multi_transform(
+        {"x": jrmsprop.rmsprop(lr=0.1), "y": jrmsprop.rmsprop(lr=0.2)},
+        {"a": "x", "b": "y", "c": "x"},
+    )
+    mstate = multi.init(params)
+    _, mstate = multi.update(grads, mstate, params)
+    assert mstate.inner_states["x"].inner_state.step.tolist() == [1, 1]
+    assert mstate.inner_states["y"].inner_state.step.tolist() == [1]
+
+    acc = optax.MultiSteps(jrmsprop.rmsprop(lr=0.1), every_k_schedule=3)
+    astate = acc.init(params)
+    for _ in range(7):
+        _, astate = acc.update(grads, astate, params)
+    np.testing.assert_array_equal(astate.inner_opt_state.step, [2, 2, 2])

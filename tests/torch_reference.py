@@ -68,7 +68,7 @@ def assert_matches_torch(
 ) -> None:
     """Params and every state buffer equal torch's (``assert_close`` defaults unless ``tol``)."""
     leaves = jax.tree.leaves(params)
-    steps = jax.tree.leaves(state.step)
+    steps = np.asarray(state.step)
     sq = jax.tree.leaves(state.square_avg)
     bufs = jax.tree.leaves(state.momentum_buffer) if state.momentum_buffer is not None else None
     gavg = jax.tree.leaves(state.grad_avg) if state.grad_avg is not None else None
