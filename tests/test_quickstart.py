@@ -19,7 +19,7 @@ def quickstart():
 
 
 def test_quickstart_prints_verdicts_within_their_bounds(quickstart, capsys):
-    figures = quickstart.main(steps=20)
+    figures = quickstart.main()  # the README's figures: 50 steps, seed 0
     out = capsys.readouterr().out
 
     # Each printed figure is the returned one, and each comparison has its verdict.
@@ -33,10 +33,11 @@ def test_quickstart_prints_verdicts_within_their_bounds(quickstart, capsys):
     # The optimizer alone: float64 to ~1e-15, float32 a few ulps of parameters of order 1.
     assert figures["optimizer_float64"] <= quickstart.FLOAT64_BOUND
     assert 0 < figures["optimizer_float32"] < 2e-6
-    # The model: float64 agrees to rounding; float32 drifts no more than rounding
-    # grown by training, of the size of torch's own float32 error.
-    assert figures["model_float64"] < 1e-11
-    assert figures["model_float32"] < 10 * figures["torch_float32_error"] < 1e-3
+    # The model (README: ~1e-13 in float64, a few 1e-5 in float32): rounding grown by
+    # training, of the size of torch's own float32 drift from its float64 run.
+    assert figures["model_float64"] < 1e-12
+    assert 1e-6 < figures["model_float32"] < 1e-4
+    assert figures["model_float32"] < 10 * figures["torch_float32_error"]
 
 
 def test_quickstart_verdict_fails_when_the_optimizer_differs(quickstart, monkeypatch):
