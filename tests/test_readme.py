@@ -1,6 +1,7 @@
 """The README's top and core sections: their commands and code run as written,
 and each sentence that promises behaviour is checked here or names its test."""
 
+import inspect
 import pathlib
 import re
 import subprocess
@@ -148,3 +149,11 @@ def test_namedtuple_and_equinox_params_step_as_their_leaves():
     for ours in (jax.tree.leaves(as_tuple), jax.tree.leaves(as_eqx)):
         for a, b in zip(ours, flat, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_signature_shown_is_rmsprops():
+    shown = re.search(r"`jrmsprop\.rmsprop\((.*?)\)`", _section("core"), flags=re.DOTALL).group(1)
+    defaults = eval(f"dict({shown})")
+    actual = inspect.signature(jrmsprop.rmsprop).parameters
+    assert defaults == {name: p.default for name, p in actual.items()}
+    assert list(defaults) == list(actual)
