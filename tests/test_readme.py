@@ -69,7 +69,7 @@ def test_min_versions_command_installs_the_floors_pyproject_declares():
     # The README states the same floors.
     top = _section("top")
     for name, version in floors.items():
-        assert re.search(rf"\b{name}\b[^.]*?>= {re.escape(version)}\b", top), name
+        assert re.search(rf"\b{name}\b[^.]*?>=\s+{re.escape(version)}\b", top), name
 
 
 @pytest.mark.parametrize("index", range(len(_core_blocks())))
