@@ -2,6 +2,7 @@
 and each sentence that promises behaviour is checked here or names its test."""
 
 import inspect
+import itertools
 import pathlib
 import re
 import subprocess
@@ -73,9 +74,17 @@ def test_min_versions_command_installs_the_floors_pyproject_declares():
 
 
 @pytest.mark.parametrize("index", range(len(_core_blocks())))
-def test_readme_core_block_runs(index):
+def test_readme_core_block_runs_and_prints_what_it_shows(index, capsys):
+    block = _core_blocks()[index]
     # The README is this repository's own text: running it is the point.
-    exec(compile(_core_blocks()[index], f"README.md core block {index}", "exec"), {})  # noqa: S102
+    exec(compile(block, f"README.md core block {index}", "exec"), {})  # noqa: S102
+    # A "# ..." line right after a print shows that print's output.
+    lines = block.splitlines()
+    pairs = itertools.pairwise(lines)
+    shown = [b[2:] for a, b in pairs if a.startswith("print(") and b.startswith("# ")]
+    printed = capsys.readouterr().out.splitlines()
+    for line in shown:
+        assert line in printed
 
 
 def test_complex_one_line_fix_is_in_a_block_that_runs():
