@@ -3,246 +3,56 @@
 ``torch.distributed.optim.functional_rmsprop._FunctionalRMSprop`` keeps its
 parameters in ``param_group["params"]`` and its state in ``state`` and updates
 them in place on ``step(gradients)``. :class:`FunctionalRMSprop` keeps the same
-attributes and the same calling convention, runs one jit-compiled step built
-on :func:`jrmsprop.rmsprop` (no second copy of the math), and replaces the
-arrays inside the caller's container, since JAX arrays cannot be changed in
-place.
+attributes and the same calling convention, and replaces the arrays inside the
+caller's container, since JAX arrays cannot be changed in place. The compiled
+work is :mod:`jrmsprop.units`'; this module holds the API: a step is checked,
+run, and committed in one place.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 import operator
+import signal
+import threading
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop.transform import RMSpropState, rmsprop
-from jrmsprop.validation import HYPERPARAM_ERRORS, check_leaves, check_pair, path_str
-
-_HYPER_NAMES = ("lr", "alpha", "eps", "weight_decay", "momentum")
-_BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
-_ARRAY_TYPES = (jax.Array, np.ndarray)
-
-
-class _Spec(NamedTuple):
-    """Shape and dtype of a parameter, as the optimizer state holds them."""
-
-    shape: tuple
-    dtype: Any
-
-
-def _is_none(x: Any) -> bool:
-    return x is None
-
-
-def _unit_update(params, grads, states, hyper, centered, maximize, use_momentum, decay):
-    """Steps a list of (param, grad, state) units with ONE ``rmsprop`` update.
-
-    The hyperparameters are traced values, so changing them does not
-    recompile. Two of torch's branches are structural: the momentum buffer is
-    handed to the math only when ``use_momentum`` (torch's ``momentum > 0``)
-    and left untouched otherwise, and the weight-decay term exists only when
-    ``decay`` (torch's ``weight_decay != 0``). A traced decay of 0 would give
-    the same numbers but costs a full extra pass over memory on CPU: XLA
-    materializes ``g + weight_decay * p`` because two fusions read it.
-    """
-    lr, alpha, eps, weight_decay, momentum = (hyper[i] for i in range(5))
-    # All five stay traced: without a buffer the math ignores ``momentum``.
-    tx = rmsprop(
-        lr=lr,
-        alpha=alpha,
-        eps=eps,
-        weight_decay=weight_decay if decay else 0.0,
-        momentum=momentum,
-        centered=centered,
-        maximize=maximize,
-    )
-    state = RMSpropState(
-        count=jnp.zeros([], jnp.int32),
-        step=jnp.zeros([len(params)], jnp.int32),
-        square_avg=[s[0] for s in states],
-        grad_avg=[s[1] for s in states] if centered else None,
-        momentum_buffer=[s[2] for s in states] if use_momentum else None,
-    )
-    updates, new = tx.update(list(grads), state, list(params))
-    new_params = [p + u for p, u in zip(params, updates)]
-    new_states = [
-        (
-            new.square_avg[i],
-            new.grad_avg[i] if centered else old[1],
-            new.momentum_buffer[i] if use_momentum else old[2],
-        )
-        for i, old in enumerate(states)
-    ]
-    return new_params, new_states
-
-
-def _runs(positions: list[int]) -> list[tuple[int, int]]:
-    """Contiguous runs ``[start, stop)`` of sorted member indices."""
-    runs: list[tuple[int, int]] = []
-    for k in positions:
-        if runs and runs[-1][1] == k:
-            runs[-1] = (runs[-1][0], k + 1)
-        else:
-            runs.append((k, k + 1))
-    return runs
-
-
-# foreach=True: a leaf this large is a unit of its own (concatenating it would
-# only add a copy), and at most this many small leaves share one unit. XLA's
-# CPU compile time grows faster than linearly with the number of outputs of
-# one executable (each output leaf is its own kernel), so bounded units keep
-# the first step's compile short; units of the same signature share one
-# executable, and each unit is still one fused computation.
-_LARGE_LEAF = 1 << 16
-_UNIT_LEAVES = 64
-
-
-def _group_positions(dtypes: list, foreach: bool, sizes: list | None = None) -> list[list[int]]:
-    """Which parameter positions share one state unit.
-
-    ``foreach=False``: one unit per parameter. ``foreach=True``: parameters
-    of one dtype, in order, whose state is flat buffers; with ``sizes``, large
-    leaves get their own unit and small ones are chunked by ``_UNIT_LEAVES``.
-    """
-    if not foreach:
-        return [[i] for i in range(len(dtypes))]
-    groups: dict = {}
-    units: list[list[int]] = []
-    for i, dtype in enumerate(dtypes):
-        if sizes is not None and sizes[i] >= _LARGE_LEAF:
-            units.append([i])
-            continue
-        unit = groups.get(jnp.dtype(dtype))
-        if unit is None or (sizes is not None and len(unit) >= _UNIT_LEAVES):
-            unit = groups[jnp.dtype(dtype)] = []
-            units.append(unit)
-        unit.append(i)
-    return units
-
-
-def _step_impl(
-    params, gradients, states, hyper, *, centered, maximize, use_momentum, decay, foreach
-):
-    """The jitted step: new parameter leaves and new unit states.
-
-    Runs under ``jax.jit``; everything below happens at trace time, once per
-    structure, shapes, dtypes and ``None`` pattern. Shape and dtype checks
-    live here, so a bad gradient raises while tracing, before any donated
-    buffer is touched.
-    """
-    with_path = jax.tree_util.tree_flatten_with_path(gradients, is_leaf=_is_none)[0]
-    for (path, g), p in zip(with_path, params):
-        check_pair(path, g, p, "gradients", "params")
-    grads = [g for _, g in with_path]
-    units = _group_positions([p.dtype for p in params], foreach)
-    new_params = list(params)
-    new_states = list(states)
-    unit_p, unit_g, unit_s, plans = [], [], [], []
-    for u, members in enumerate(units):
-        stepping = [k for k, i in enumerate(members) if grads[i] is not None]
-        if not stepping:
-            continue
-        state = states[u]
-        if len(members) == 1:
-            (i,) = members
-            unit_p.append(params[i])
-            unit_g.append(grads[i])
-            unit_s.append(state)
-            plans.append((u, members, None))
-            continue
-        # Flat buffers: the stepping members' segments, in contiguous runs, so
-        # the common all-gradients case is one fused elementwise computation.
-        sizes = [math.prod(params[i].shape) for i in members]
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-        runs = [(offsets[a], offsets[b]) for a, b in _runs(stepping)]
-        unit_p.append(jnp.concatenate([params[members[k]].ravel() for k in stepping]))
-        unit_g.append(jnp.concatenate([grads[members[k]].ravel() for k in stepping]))
-        full = runs == [(0, offsets[-1])]
-
-        def segments(buf, runs=runs, full=full):
-            if buf is None or full:
-                return buf
-            return jnp.concatenate([buf[a:b] for a, b in runs])
-
-        unit_s.append(tuple(segments(b) for b in state))
-        plans.append((u, members, (stepping, sizes, runs, full)))
-
-    stepped_p, stepped_s = _unit_update(
-        unit_p, unit_g, unit_s, hyper, centered, maximize, use_momentum, decay
-    )
-    for (u, members, flat), p, s in zip(plans, stepped_p, stepped_s):
-        if flat is None:
-            new_params[members[0]] = p
-            new_states[u] = s
-            continue
-        stepping, sizes, runs, full = flat
-        pieces = jnp.split(p, np.cumsum([sizes[k] for k in stepping])[:-1].tolist())
-        for k, piece in zip(stepping, pieces):
-            new_params[members[k]] = piece.reshape(params[members[k]].shape)
-        if full:
-            new_states[u] = s
-            continue
-        merged = []
-        for old, seg, updated in zip(states[u], s, (True, centered, use_momentum)):
-            if old is None or not updated:
-                merged.append(old)
-                continue
-            at = 0
-            for a, b in runs:
-                old = jax.lax.dynamic_update_slice(old, seg[at : at + b - a], (a,))
-                at += b - a
-            merged.append(old)
-        new_states[u] = tuple(merged)
-    return tuple(new_params), tuple(new_states)
-
-
-# Module level, so optimizers of the same structure share compiled steps.
-# Params (0) and state (2) are donated: a step holds one copy of each.
-_step_jit = jax.jit(
-    _step_impl,
-    static_argnames=("centered", "maximize", "use_momentum", "decay", "foreach"),
-    donate_argnums=(0, 2),
+from jrmsprop.units import BUFFERS, HYPER_ORDER, Layout, step_units
+from jrmsprop.validation import (
+    ArraySpec,
+    check_distinct,
+    check_gradients,
+    check_leaves,
+    check_pair,
+    check_state_entry,
+    hyper_value,
+    loaded_buffer,
+    path_str,
+    state_dict_parts,
+    step_count,
 )
 
-
-def _hyper_value(name: str, value: Any) -> float:
-    """A ``defaults`` entry as a float, with torch's error when it is invalid."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(
-            f"FunctionalRMSprop: defaults[{name!r}] must be a real number, "
-            f"got {type(value).__name__}"
-        ) from None
-    if not 0.0 <= number:  # also rejects NaN
-        raise ValueError(HYPERPARAM_ERRORS[name].format(number))
-    return number
+_WHO = "FunctionalRMSprop"
+_ARRAY_TYPES = (jax.Array, np.ndarray)
+_is_deleted = operator.methodcaller("is_deleted")
 
 
-def _check_distinct(leaves: list, paths: list) -> None:
-    """``ValueError`` when one array sits at two positions: it cannot be donated twice."""
-    first: dict[int, int] = {}
-    for i, leaf in enumerate(leaves):
-        j = first.setdefault(id(leaf), i)
-        if j != i:
-            raise ValueError(
-                f"FunctionalRMSprop: params {path_str(paths[j])} and {path_str(paths[i])} are "
-                "the same array; each parameter needs its own array (the step donates them)"
-            )
+class _Plan(NamedTuple):
+    """A checked step: everything the run and the commit need."""
 
-
-def _to_numpy(value: Any) -> np.ndarray:
-    """A state value (numpy, JAX, or a torch tensor when torch is around) as numpy."""
-    if type(value).__module__.startswith("torch"):
-        import torch  # only when given a torch value: torch is not a dependency
-
-        if isinstance(value, torch.Tensor):
-            return value.detach().cpu().resolve_conj().numpy()
-    return np.asarray(value)
+    leaves: list  # the parameter arrays, per position
+    grads: list  # per position, an array or None
+    hyper: np.ndarray  # HYPER_ORDER's values
+    use_momentum: bool
+    stepping: tuple  # positions with a gradient
+    todo: list  # per unit to run: (unit, indices of its stepping members, their positions)
+    states: Any  # per unit to run: its state with the buffers this step uses
+    exact: bool  # whether those are all the buffers each unit has
 
 
 def _write_back(old: Any, new: Any) -> Any:
@@ -263,19 +73,55 @@ def _write_back(old: Any, new: Any) -> Any:
     return new
 
 
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Holds back Ctrl-C (SIGINT) until the block is done, then delivers it.
+
+    Donation makes a compiled call consume its inputs: between the first
+    call of a step and the commit, the only copy of a parameter is in a local
+    variable, and a ``KeyboardInterrupt`` there would lose it. Python runs
+    signal handlers only on the main thread, so elsewhere there is nothing to
+    hold back (and a handler cannot be installed); the same when the current
+    handler was not installed from Python and could not be put back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list = []
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:
+        yield
+        return
+    # signal.signal runs pending handlers first: a Ctrl-C that arrived before
+    # this point raises here, before anything ran.
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, received[0])
+            else:
+                signal.raise_signal(signal.SIGINT)
+
+
 class FunctionalRMSprop:
     r"""torch's scripted ``_FunctionalRMSprop``, on JAX arrays.
 
     The same constructor, attributes and ``step(gradients)`` as
     ``torch.distributed.optim.functional_rmsprop._FunctionalRMSprop``; the
-    math is :func:`jrmsprop.rmsprop` (torch's RMSprop, number for number).
+    math is :func:`jrmsprop.rmsprop`'s (torch's RMSprop, number for number).
 
     * ``params`` is a list of arrays, as in torch, or any pytree of float or
-      complex arrays. Parameters are identified by **position** (their index
-      in ``jax.tree.leaves(params)``), since JAX arrays are not hashable.
-    * ``step(gradients)`` takes a list (or pytree of the same structure), with
-      ``None`` for a parameter that gets no gradient this step (it is skipped:
-      value, state and ``step`` unchanged). It replaces the arrays inside
+      complex arrays; a ``None`` in it (an empty subtree, as in
+      ``eqx.partition(model, eqx.is_array)[0]``) is not a parameter.
+      Parameters are identified by **position** (their index in
+      ``jax.tree.leaves(params)``), since JAX arrays are not hashable.
+    * ``step(gradients)`` takes a list (or pytree of the params' structure):
+      ``None`` where the params hold an array skips that parameter (torch's
+      rule: value, state and ``step`` unchanged); ``None`` where the params
+      hold ``None`` is no parameter. The step replaces the arrays inside
       ``param_group["params"]``: lists and dicts at any depth are updated in
       place, so the caller's list sees the new values. Other containers
       (tuples, NamedTuples, equinox modules) cannot be changed in place: they
@@ -297,18 +143,43 @@ class FunctionalRMSprop:
       it raises ``RuntimeError: Array has been deleted``; read parameters
       again from the container after each step, and ``jnp.copy`` one you
       want to keep. Gradients are not donated.
-    * **Atomic steps.** Every check (gradient count and structure, shapes,
-      dtypes, non-array gradients, negative or NaN values in ``defaults``,
-      a missing momentum buffer) runs before anything is donated: a step
-      that raises leaves parameters and state exactly as they were.
+    * **A step is all or nothing.** Every check runs before anything is
+      donated: the gradient count and structure, each gradient's and
+      parameter's type, shape and dtype (numpy gradients included: a float64
+      gradient for a float32 parameter is refused), deleted arrays, a
+      gradient that is a parameter or a state buffer, one array at two
+      parameter positions, the values in ``defaults`` and a momentum buffer
+      for each parameter that needs one. A step that raises any of these
+      leaves parameters and state exactly as they were. Then the compiled
+      work runs and its result is committed in one place. A Ctrl-C (SIGINT)
+      on the main thread during that window is held back and raised as
+      ``KeyboardInterrupt`` once the step is committed: an interrupted step
+      is either fully applied or not applied at all.
+    * **Device errors.** ``foreach=False`` runs one compiled call: if it
+      fails (out of device memory), nothing is applied. ``foreach=True``
+      runs one call per unit; if one fails, the units that ran are committed
+      (their parameters took the step, their state and ``step`` too), the
+      others are exactly as before, and a ``RuntimeError`` names the
+      positions that took the step. Either way no parameter is deleted,
+      unless the device itself consumed a failing call's inputs (the error
+      then says so).
+    * **Threads.** ``step``, ``state``, ``state_dict``, ``load_state_dict``
+      and the structural setters of one instance are serialized by a lock:
+      steps from several threads are each applied exactly once.
     * ``state`` is ``{position: {"step", "square_avg", "momentum_buffer",
       "grad_avg"}}`` with torch's keys, created lazily at a parameter's first
       gradient (``momentum_buffer`` when ``momentum > 0`` at that moment,
       ``grad_avg`` when centered); ``step`` is an int32 scalar. It is a
-      snapshot built on each access: change state with
-      :meth:`load_state_dict`.
-    * ``foreach=True`` keeps the state of all parameters of one dtype in flat
-      buffers and steps each dtype group in one fused computation over the
+      snapshot built on each access, of new arrays that later steps do not
+      touch: change state with :meth:`load_state_dict`.
+    * ``centered``, ``foreach`` and ``maximize`` may change between steps.
+      ``maximize`` and ``foreach`` always work (``foreach`` moves the state
+      into the new layout). ``centered = False`` keeps existing ``grad_avg``
+      buffers unchanged, as torch does; ``centered = True`` raises
+      ``ValueError`` if a parameter already has state without a
+      ``grad_avg`` (torch raises ``KeyError`` at the next step).
+    * ``foreach=True`` keeps the state of parameters of one dtype in flat
+      buffers and steps each unit in one fused computation over the
       concatenated gradients: the same numbers as ``foreach=False``, and far
       less compile time and per-leaf overhead for many small parameters.
     * :meth:`state_dict` / :meth:`load_state_dict` use ``torch.optim``'s
@@ -323,7 +194,7 @@ class FunctionalRMSprop:
       weight_decay: coupled L2 penalty.
       momentum: momentum factor.
       centered: normalize by the variance estimate.
-      foreach: keep flat state per dtype and step each dtype in one fused
+      foreach: keep flat state per dtype and step each unit in one fused
         computation.
       maximize: maximize the objective instead of minimizing it.
       _allow_empty_param_list: accept an empty ``params``, as torch's flag.
@@ -359,111 +230,102 @@ class FunctionalRMSprop:
             "weight_decay": weight_decay,
             "momentum": momentum,
         }
-        for name in _HYPER_NAMES:
-            _hyper_value(name, self.defaults[name])
-        self.centered = centered
-        self.foreach = foreach
-        self.maximize = maximize
+        for name in HYPER_ORDER:
+            hyper_value(name, self.defaults[name], _WHO)
+        self._lock = threading.RLock()
+        self._centered = bool(centered)
+        self._foreach = bool(foreach)
+        self._maximize = bool(maximize)
 
-        leaves, treedef = jax.tree.flatten(params)
+        with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+        leaves = [leaf for _, leaf in with_paths]
         if len(leaves) == 0 and not _allow_empty_param_list:
             raise ValueError("optimizer got an empty parameter list")
         check_leaves(params, "params")
-        paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-        _check_distinct(leaves, paths)
+        self._treedef = treedef
+        self._paths = [path for path, _ in with_paths]
+        check_distinct(leaves, self._paths, _WHO)
         if not all(isinstance(leaf, jax.Array) for leaf in leaves):
             # numpy parameters become JAX arrays once, so they can be donated.
             leaves = [jnp.asarray(leaf) for leaf in leaves]
             params = _write_back(params, jax.tree.unflatten(treedef, leaves))
         # NOTE: one param_group, as in torch's scripted class.
         self.param_group = {"params": params}
-
-        self._treedef = treedef
-        self._paths = paths
-        # The leaves this optimizer last wrote: if the container still holds
-        # them, the parameters need no re-check (foreach's host-side checks).
-        self._written = list(leaves)
-        self._shapes = [tuple(leaf.shape) for leaf in leaves]
-        self._dtypes = [jnp.dtype(leaf.dtype) for leaf in leaves]
-        self._flat_list = type(params) is list and treedef == jax.tree.structure([0] * len(leaves))
-        self._units = _group_positions(
-            self._dtypes, foreach, [math.prod(shape) for shape in self._shapes]
+        self._n = len(leaves)
+        self._flat_list = type(params) is list and treedef == jax.tree.structure([0] * self._n)
+        self._layout = Layout(
+            [leaf.shape for leaf in leaves], [leaf.dtype for leaf in leaves], foreach
         )
-        self._pickers = [operator.itemgetter(*members) for members in self._units]
-        self._unit_of = np.empty(len(leaves), np.int64)
-        self._offset = np.zeros(len(leaves), np.int64)
-        for u, members in enumerate(self._units):
-            at = 0
-            for i in members:
-                self._unit_of[i] = u
-                self._offset[i] = at
-                at += math.prod(self._shapes[i])
+        # The leaves this optimizer last wrote: when the container still holds
+        # them, the parameters need no re-check.
+        self._written = list(leaves)
         # Per unit: None until a member first gets a gradient, then
         # (square_avg, grad_avg | None, momentum_buffer | None).
-        self._states: list[tuple | None] = [None] * len(self._units)
-        # Host-side bookkeeping per position: RMSprop's math never reads
-        # ``step``, so counting on the host costs the device nothing.
-        self._steps = np.zeros(len(leaves), np.int64)
-        self._has_state = np.zeros(len(leaves), bool)
-        self._has_momentum = np.zeros(len(leaves), bool)
-        # gradients treedef -> positions with a gradient (checked once per pattern).
-        self._patterns: dict = {}
+        self._states: list[tuple | None] = [None] * len(self._layout.units)
+        # Per position, on the host: RMSprop's math never reads ``step``, so
+        # counting here costs the device nothing; which buffers it has.
+        # Invariants: a unit has a buffer iff a member has it; when centered,
+        # every position with state has a grad_avg (the setter and
+        # load_state_dict refuse otherwise).
+        self._steps = np.zeros(self._n, np.int64)
+        self._has_state = np.zeros(self._n, bool)
+        self._has_momentum = np.zeros(self._n, bool)
+        self._has_grad_avg = np.zeros(self._n, bool)
+        # stepping positions -> the units to run and their stepping members.
+        self._todo: dict = {}
+
+    # ------------------------------------------------- structural attributes
+
+    @property
+    def centered(self) -> bool:
+        """torch's ``centered``; see the class docstring for changing it."""
+        return self._centered
+
+    @centered.setter
+    def centered(self, value: bool) -> None:
+        with self._lock:
+            lacking = np.flatnonzero(self._has_state & ~self._has_grad_avg)
+            if value and lacking.size:
+                raise ValueError(
+                    "FunctionalRMSprop: centered=True needs a grad_avg for every parameter "
+                    f"with state, and parameters {lacking.tolist()} were stepped with "
+                    "centered=False (torch raises a KeyError at the next step); load a "
+                    "centered state dict or build a new optimizer"
+                )
+            self._centered = bool(value)
+
+    @property
+    def maximize(self) -> bool:
+        """torch's ``maximize``: may change between steps."""
+        return self._maximize
+
+    @maximize.setter
+    def maximize(self, value: bool) -> None:
+        with self._lock:
+            self._maximize = bool(value)
+
+    @property
+    def foreach(self) -> bool:
+        """Flat state per dtype; changing it moves the state into the new layout."""
+        return self._foreach
+
+    @foreach.setter
+    def foreach(self, value: bool) -> None:
+        with self._lock:
+            if bool(value) == self._foreach:
+                return
+            layout = Layout(self._layout.shapes, self._layout.dtypes, bool(value))
+            states = self._packed(layout, self._per_position(self._layout.split))
+            self._layout, self._states, self._foreach = layout, states, bool(value)
+            self._todo = {}
 
     # ------------------------------------------------------------------ step
 
-    def _pattern(self, gradients: Any) -> tuple[list, np.ndarray, list[int]]:
-        """Non-None gradient leaves, the positions they step, the units touched.
-
-        The structure is checked once per ``None`` pattern (cached by treedef).
-        """
-        grad_leaves, grad_def = jax.tree.flatten(gradients)
-        cached = self._patterns.get(grad_def)
-        if cached is None:
-            with_none, with_none_def = jax.tree.flatten(gradients, is_leaf=_is_none)
-            if with_none_def != self._treedef:
-                raise ValueError(
-                    "FunctionalRMSprop: the structure of the gradients does not match the "
-                    f"params: gradients are {with_none_def}, params are {self._treedef}"
-                )
-            stepping = np.flatnonzero([g is not None for g in with_none])
-            units = sorted({int(u) for u in self._unit_of[stepping]})
-            cached = self._patterns[grad_def] = (stepping, units)
-        return grad_leaves, *cached
-
-    def _check_arrays(self, param_leaves: list, grad_list: list) -> None:
-        """Host-side check of every gradient (and any replaced parameter)."""
-        shapes, dtypes = self._shapes, self._dtypes
-        for g, p, shape, dtype in zip(grad_list, param_leaves, shapes, dtypes):
-            if g is not None and (
-                not isinstance(g, _ARRAY_TYPES) or g.shape != shape or g.dtype != dtype or g is p
-            ):
-                break
-        else:
-            if all(map(operator.is_, param_leaves, self._written)):
-                return
-        paths = self._paths
-        _check_distinct(param_leaves, paths)
-        for i, (g, p) in enumerate(zip(grad_list, param_leaves)):
-            if not isinstance(p, _ARRAY_TYPES):
-                raise TypeError(
-                    f"FunctionalRMSprop: param_group['params'] leaf {i} is a "
-                    f"{type(p).__name__}, not an array"
-                )
-            check_pair(paths[i], p, _Spec(shapes[i], dtypes[i]), "params", "the optimizer state")
-            if g is not None and not isinstance(g, _ARRAY_TYPES):
-                raise TypeError(
-                    f"FunctionalRMSprop: gradient {path_str(paths[i])} is a "
-                    f"{type(g).__name__}, not an array"
-                )
-            check_pair(paths[i], g, p, "gradients", "params")
-            if g is p:
-                raise ValueError(
-                    f"FunctionalRMSprop: the gradient at {path_str(paths[i])} is the parameter "
-                    "array itself, which the step donates: pass a copy"
-                )
-
     def step(self, gradients: Any) -> None:
         """One RMSprop step on every parameter whose gradient is not ``None``.
+
+        All or nothing: every check runs before anything is donated, and a
+        Ctrl-C during the compiled work is raised once the step is committed.
 
         Args:
           gradients: a list (or pytree) matching ``param_group["params"]``,
@@ -471,154 +333,272 @@ class FunctionalRMSprop:
 
         Raises:
           ValueError: the number of gradients differs from the number of
-            params (torch's message), the structure or a shape differs, or a
-            value in ``defaults`` is negative or NaN (torch's message).
-          TypeError: a gradient is not an array, or its dtype differs from
-            its parameter's.
+            params (torch's message), the structure or a shape differs, a
+            value in ``defaults`` is negative or NaN (torch's message), an
+            array is deleted, a gradient is a parameter or a state buffer,
+            one array sits at two parameter positions, or a parameter needs a
+            momentum buffer it does not have.
+          TypeError: a gradient or parameter is not an array, or a dtype
+            differs from the parameter's.
+          RuntimeError: ``foreach=True`` and the device failed after some
+            units ran; those units are committed (see the class docstring).
         """
-        params = self.param_group["params"]
-        if isinstance(params, list) and isinstance(gradients, (list, tuple)):
-            if len(params) != len(gradients):
-                raise ValueError(
-                    "the gradients passed in does not equal to the size of the parameters!"
-                    + f"Params length: {len(params)}. "
-                    + f"Gradients length: {len(gradients)}"
-                )
-            if isinstance(gradients, tuple):
-                gradients = list(gradients)
-        hyper = np.array(
-            [_hyper_value(name, self.defaults[name]) for name in _HYPER_NAMES], np.float64
-        )
-        use_momentum = bool(hyper[4] > 0)
-        param_leaves, param_def = jax.tree.flatten(params)
-        if param_def != self._treedef:
-            raise ValueError(
-                "FunctionalRMSprop: param_group['params'] changed structure since the "
-                f"optimizer was built: it is {param_def}, it was {self._treedef}"
-            )
-        grad_leaves, stepping, units = self._pattern(gradients)
-        if not self.foreach:
-            # One dispatch: the jitted step checks shapes and dtypes while
-            # tracing, before anything is donated.
-            for k, g in enumerate(grad_leaves):
-                if not isinstance(g, _ARRAY_TYPES):
-                    raise TypeError(
-                        f"FunctionalRMSprop: gradient {k} (counting non-None gradients) is a "
-                        f"{type(g).__name__}, not an array"
-                    )
-            grad_list = gradients
-        else:
-            # One dispatch per unit: everything is checked here, before the
-            # first unit donates its buffers.
-            grad_list = gradients if self._flat_list else self._treedef.flatten_up_to(gradients)
-            self._check_arrays(param_leaves, grad_list)
+        with self._lock:
+            plan = self._check(gradients)
+            if not plan.todo:
+                return
+            with _sigint_deferred():
+                ran, error = self._run(plan)
+                self._commit(plan, ran)
+                if error is not None:
+                    self._raise_partial(plan, ran, error)
 
-        states = self._states
-        new_mask = ~self._has_state[stepping]
-        fresh = stepping[new_mask]
+    def _check(self, gradients: Any) -> _Plan:
+        """Every check of a step; raises before anything changes."""
+        params = self.param_group["params"]
+        lists = isinstance(params, list) and isinstance(gradients, (list, tuple))
+        if lists and len(params) != len(gradients):
+            raise ValueError(
+                "the gradients passed in does not equal to the size of the parameters!"
+                + f"Params length: {len(params)}. "
+                + f"Gradients length: {len(gradients)}"
+            )
+        hyper = np.array([hyper_value(name, self.defaults[name], _WHO) for name in HYPER_ORDER])
+        leaves = self._checked_params(params)
+        grads = self._grad_list(gradients)
+        stepping = tuple(i for i, g in enumerate(grads) if g is not None)
+        check_gradients(grads, stepping, leaves, self._paths, self._states, _WHO)
+        positions = np.array(stepping, np.int64)
+        use_momentum = bool(hyper[4] > 0)
         if use_momentum:
-            missing = stepping[~new_mask & ~self._has_momentum[stepping]]
+            missing = positions[self._has_state[positions] & ~self._has_momentum[positions]]
             if missing.size:
                 raise ValueError(
                     f"FunctionalRMSprop: momentum={hyper[4]} needs a momentum_buffer for "
                     f"parameter {int(missing[0])}, whose state was created with "
                     "momentum=0 (torch raises a KeyError here)"
                 )
-        if fresh.size:
-            states = self._with_fresh_state(fresh, use_momentum)
+        todo = self._todo.get(stepping)
+        if todo is None:
+            todo = self._todo[stepping] = self._units_to_run(positions)
+        # Usually every unit to run has state with exactly the buffers this
+        # step uses (see the invariants in __init__): no per-unit work then.
+        exact = (
+            bool(self._has_state[positions].all())
+            and (self._centered or not self._has_grad_avg.any())
+            and (use_momentum or not self._has_momentum.any())
+        )
+        if exact:
+            states = self._states
+        else:
+            uses = (True, self._centered, use_momentum)
+            states = {u: self._used_buffers(u, uses) for u, _, _ in todo}
+        return _Plan(leaves, grads, hyper, use_momentum, stepping, todo, states, exact)
 
-        static = {
-            "centered": bool(self.centered),
-            "maximize": bool(self.maximize),
-            "use_momentum": use_momentum,
-            "decay": bool(hyper[3] != 0),
-            "foreach": bool(self.foreach),
-        }
-        if not self.foreach:
-            new_leaves, new_states = _step_jit(
-                tuple(param_leaves), grad_list, tuple(states), hyper, **static
-            )
+    def _used_buffers(self, u: int, uses: tuple) -> tuple:
+        """Unit ``u``'s state as this step uses it: zeros where a used buffer is new, else None."""
+        state = self._states[u]
+        return tuple(
+            None if not use else self._layout.zeros(u) if b is None else b
+            for b, use in zip(state or (None, None, None), uses)
+        )
+
+    def _checked_params(self, params: Any) -> list:
+        """The parameter leaves, checked unless they are the arrays the last step wrote."""
+        if self._flat_list and type(params) is list and len(params) == self._n:
+            leaves = list(params)
         else:
-            new_leaves = list(param_leaves)
-            new_states = list(states)
-            for u in units:
-                pick = self._pickers[u]
-                members = self._units[u]
-                unit_params = pick(param_leaves)
-                unit_grads = pick(grad_list)
-                if len(members) == 1:
-                    unit_params, unit_grads = (unit_params,), (unit_grads,)
-                out_params, (new_states[u],) = _step_jit(
-                    unit_params, list(unit_grads), (states[u],), hyper, **static
+            leaves, treedef = jax.tree.flatten(params)
+            if treedef != self._treedef:
+                raise ValueError(
+                    "FunctionalRMSprop: param_group['params'] changed structure since the "
+                    f"optimizer was built: it is {treedef}, it was {self._treedef}"
                 )
-                for i, leaf in zip(members, out_params):
-                    new_leaves[i] = leaf
-        # Nothing below can fail: the step is committed.
-        self._states = list(new_states)
-        self._steps[stepping] += 1
-        if fresh.size:
-            self._has_state[fresh] = True
-            if use_momentum:
-                self._has_momentum[fresh] = True
-        self._written = list(new_leaves)
-        if self._flat_list:
-            params[:] = new_leaves
+        if not all(map(operator.is_, leaves, self._written)):
+            check_distinct(leaves, self._paths, _WHO)
+            for i, p in enumerate(leaves):
+                if not isinstance(p, _ARRAY_TYPES):
+                    raise TypeError(
+                        f"FunctionalRMSprop: param_group['params'] leaf {path_str(self._paths[i])} "
+                        f"is a {type(p).__name__}, not an array"
+                    )
+                spec = ArraySpec(self._layout.shapes[i], self._layout.dtypes[i])
+                check_pair(self._paths[i], p, spec, "params", "the optimizer state")
+                if not isinstance(p, jax.Array):
+                    leaves[i] = jnp.asarray(p)
+        if any(map(_is_deleted, leaves)):
+            i = next(i for i, p in enumerate(leaves) if p.is_deleted())
+            raise ValueError(
+                f"FunctionalRMSprop: parameter {path_str(self._paths[i])} is a deleted "
+                "array (donated to or deleted by other code); put a live array there"
+            )
+        return leaves
+
+    def _grad_list(self, gradients: Any) -> list:
+        """Per position, the gradient (``None`` allowed), structure checked against the params."""
+        if self._flat_list and isinstance(gradients, (list, tuple)):
+            return list(gradients)
+        try:
+            # Decided against the params' structure: a None where the params
+            # hold None is no parameter, a None where they hold an array is
+            # torch's "no gradient".
+            return self._treedef.flatten_up_to(gradients)
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                "FunctionalRMSprop: the structure of the gradients does not match the params "
+                f"({jax.tree.structure(self.param_group['params'])}): " + str(err).splitlines()[0]
+            ) from None
+
+    def _units_to_run(self, positions: np.ndarray) -> list:
+        """Per unit with a stepping member: (unit, stepping member indices, their positions)."""
+        by_unit: dict[int, list[int]] = {}
+        for i in positions.tolist():
+            by_unit.setdefault(int(self._layout.unit_of[i]), []).append(i)
+        todo = []
+        for u, stepping in sorted(by_unit.items()):
+            members = self._layout.units[u]
+            todo.append((u, tuple(members.index(i) for i in stepping), stepping))
+        return todo
+
+    def _run(self, plan: _Plan) -> tuple[list, Exception | None]:
+        """The compiled work: what ran, as ``[(units, positions, params, states)]``, and any error.
+
+        ``foreach=False``: one call for every unit (a unit is a position); if
+        it fails, nothing ran. ``foreach=True``: one call per unit; a failure
+        stops the loop, and the units that ran so far come back with the
+        error: their inputs are consumed, so they must be committed.
+        """
+        static = {"maximize": self._maximize, "decay": bool(plan.hyper[3] != 0)}
+        leaves, grads, states = plan.leaves, plan.grads, plan.states
+        if not self._foreach:
+            stepping = plan.stepping
+            try:
+                new_params, new_states = step_units(
+                    tuple(leaves[i] for i in stepping),
+                    tuple(grads[i] for i in stepping),
+                    tuple(states[i] for i in stepping),
+                    plan.hyper,
+                    runs=None,
+                    **static,
+                )
+            except Exception as err:  # noqa: BLE001 (re-raised, with what was lost if anything)
+                return [], err
+            return [(stepping, stepping, new_params, new_states)], None
+        ran = []
+        for u, members, positions in plan.todo:
+            try:
+                (new_params,), new_states = step_units(
+                    (tuple(leaves[i] for i in positions),),
+                    (tuple(grads[i] for i in positions),),
+                    (states[u],),
+                    plan.hyper,
+                    runs=(self._layout.runs(u, members),),
+                    **static,
+                )
+            except Exception as err:  # noqa: BLE001 (committed with what ran, then re-raised)
+                return ran, err
+            ran.append(((u,), positions, new_params, new_states))
+        return ran, None
+
+    def _commit(self, plan: _Plan, ran: list) -> None:
+        """Stores what ran, in one place: plain assignments that cannot fail."""
+        leaves, states = plan.leaves, self._states
+        stepped: Any = []
+        for units, positions, new_params, new_states in ran:
+            for i, p in zip(positions, new_params):
+                leaves[i] = p
+            for u, new in zip(units, new_states):
+                if plan.exact or states[u] is None:
+                    states[u] = new
+                else:  # a buffer this step did not use (None in new) stays as it was
+                    states[u] = tuple(o if n is None else n for o, n in zip(states[u], new))
+            stepped.extend(positions)
+        stepped = np.array(stepped, np.int64)
+        self._steps[stepped] += 1
+        self._has_state[stepped] = True
+        if plan.use_momentum:
+            self._has_momentum[stepped] = True
+        if self._centered:
+            self._has_grad_avg[stepped] = True
+        self._written = list(leaves)
+        params = self.param_group["params"]
+        if self._flat_list and type(params) is list and len(params) == self._n:
+            params[:] = leaves
         else:
-            new_tree = jax.tree.unflatten(self._treedef, new_leaves)
+            new_tree = jax.tree.unflatten(self._treedef, leaves)
             self.param_group["params"] = _write_back(params, new_tree)
 
-    def _with_fresh_state(self, fresh: np.ndarray, use_momentum: bool) -> list:
-        """Unit states with zero buffers for units that first get a gradient.
-
-        Returns a new list: ``self._states`` changes only once the step
-        succeeds. Segments of a flat unit buffer that were never stepped are
-        still zero, so an existing buffer already holds the fresh state.
-        """
-        states = list(self._states)
-        for u in sorted({int(self._unit_of[i]) for i in fresh}):
-            members = self._units[u]
-            dtype = self._dtypes[members[0]]
-            shape = (
-                self._shapes[members[0]]
-                if len(members) == 1
-                else (sum(math.prod(self._shapes[i]) for i in members),)
+    def _raise_partial(self, plan: _Plan, ran: list, error: Exception) -> None:
+        """Raises the device error that stopped a step, after what ran was committed."""
+        took = [i for _, positions, _, _ in ran for i in positions]
+        done = set(took)
+        lost = [
+            path_str(self._paths[i])
+            for i in plan.stepping
+            if i not in done and plan.leaves[i].is_deleted()
+        ]
+        if not ran and not lost:
+            raise error  # nothing ran: nothing changed
+        message = (
+            f"FunctionalRMSprop: the step failed on the device after {len(ran)} of "
+            f"{len(plan.todo)} units ran. Parameters {took} took this step (their state and "
+            "step too); the other parameters are exactly as before"
+        )
+        if lost:
+            message += (
+                f", except {lost}: the device consumed their arrays before it failed, they are lost"
             )
-            square_avg, grad_avg, buf = states[u] or (None, None, None)
-            if square_avg is None:
-                square_avg = jnp.zeros(shape, dtype)
-            if self.centered and grad_avg is None:
-                grad_avg = jnp.zeros(shape, dtype)
-            if use_momentum and buf is None:
-                buf = jnp.zeros(shape, dtype)
-            states[u] = (square_avg, grad_avg, buf)
-        return states
+        raise RuntimeError(message) from error
 
     # ----------------------------------------------------------------- state
 
-    def _buffer(self, i: int, which: int) -> jax.Array | None:
-        state = self._states[self._unit_of[i]]
-        buf = None if state is None else state[which]
-        if buf is None or len(self._units[self._unit_of[i]]) == 1:
-            return buf
-        start = int(self._offset[i])
-        size = math.prod(self._shapes[i])
-        return buf[start : start + size].reshape(self._shapes[i])
+    def _per_position(self, split) -> dict[int, list]:
+        """Per position with state, its three buffers (``None`` where it has none), split out."""
+        out = {}
+        for u, state in enumerate(self._states):
+            if state is None:
+                continue
+            parts = [split(u, buf) for buf in state]
+            for k, i in enumerate(self._layout.units[u]):
+                if self._has_state[i]:
+                    has = (True, self._has_grad_avg[i], self._has_momentum[i])
+                    out[i] = [part[k] if h else None for part, h in zip(parts, has)]
+        return out
+
+    def _packed(self, layout: Layout, buffers: dict[int, list]) -> list:
+        """Unit states of ``layout`` holding per-position ``buffers``."""
+        states: list[tuple | None] = []
+        for members in layout.units:
+            u = len(states)
+            if not any(i in buffers for i in members):
+                states.append(None)
+                continue
+            states.append(
+                tuple(
+                    layout.pack(u, [buffers[i][b] if i in buffers else None for i in members])
+                    for b in range(3)
+                )
+            )
+        return states
+
+    def _entries(self, buffers: dict[int, list], step) -> dict:
+        out = {}
+        for i in sorted(buffers):
+            square_avg, grad_avg, momentum_buffer = buffers[i]
+            entry = {"step": step(self._steps[i]), "square_avg": square_avg}
+            if momentum_buffer is not None:
+                entry["momentum_buffer"] = momentum_buffer
+            if grad_avg is not None:
+                entry["grad_avg"] = grad_avg
+            out[i] = entry
+        return out
 
     @property
     def state(self) -> dict[int, dict[str, jax.Array]]:
-        """Per position with state, torch's keys: a snapshot built on access."""
-        out = {}
-        for i in np.flatnonzero(self._has_state).tolist():
-            entry = {
-                "step": jnp.asarray(self._steps[i], jnp.int32),
-                "square_avg": self._buffer(i, 0),
-            }
-            if self._has_momentum[i]:
-                entry["momentum_buffer"] = self._buffer(i, 2)
-            if self.centered:
-                entry["grad_avg"] = self._buffer(i, 1)
-            out[i] = entry
-        return out
+        """Per position with state, torch's keys: a snapshot of new arrays, built on access."""
+        with self._lock:
+            buffers = self._per_position(self._layout.split)
+            return self._entries(buffers, lambda n: jnp.asarray(n, jnp.int32))
 
     def state_dict(self) -> dict[str, Any]:
         """The state in ``torch.optim``'s layout, with numpy values.
@@ -629,140 +609,103 @@ class FunctionalRMSprop:
           momentum, centered, foreach, maximize, "params": [0, ..., n-1]}]}``.
           ``step`` is a float, as torch keeps it.
         """
-        state = {}
-        for i, entry in self.state.items():
-            state[i] = {
-                key: np.asarray(value, np.float32) if key == "step" else np.array(value)
-                for key, value in entry.items()
-            }
-        group = dict(self.defaults)
-        group.update(centered=self.centered, foreach=self.foreach, maximize=self.maximize)
-        group["params"] = list(range(len(self._shapes)))
-        return {"state": state, "param_groups": [group]}
+        with self._lock:
+            buffers = self._per_position(self._layout.split_host)
+            state = self._entries(buffers, lambda n: np.asarray(n, np.float32))
+            group = dict(self.defaults)
+            group.update(centered=self._centered, foreach=self._foreach, maximize=self._maximize)
+            group["params"] = list(range(self._n))
+            return {"state": state, "param_groups": [group]}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a state dict from :meth:`state_dict` or from torch.
 
         torch's ``torch.optim.RMSprop(...).state_dict()`` and the same layout
         with numpy values both load; tensors are converted (torch is imported
-        only when given tensors). As torch's ``load_state_dict`` does, the
-        group's lr, alpha, eps, weight_decay, momentum, centered and maximize
-        replace this optimizer's. Nothing changes if the dict is invalid.
+        only when given tensors; conjugate and negative bits are resolved). As
+        torch's ``load_state_dict`` does, the group's lr, alpha, eps,
+        weight_decay, momentum, centered and maximize replace this
+        optimizer's (``foreach``, a layout choice, stays). Everything is
+        checked before anything changes: an invalid dict changes nothing.
 
         Args:
           state_dict: ``{"state": {index: {...}}, "param_groups": [{...,
             "params": [indices]}]}``.
 
         Raises:
-          ValueError: wrong number of groups or parameters, an unknown index,
-            a shape mismatch, or buffers that do not match ``centered``.
-          TypeError: a buffer whose kind (float / complex) differs from its
-            parameter's.
+          ValueError: a missing key (``state``, ``param_groups``, a
+            hyperparameter, a buffer the group's settings need), a dict from
+            another optimizer (its keys named), the wrong number of groups or
+            parameters, an unknown index, a buffer of the wrong shape or
+            ``None``, a ``step`` that is not a finite non-negative integer, or
+            an invalid hyperparameter (torch's message).
+          TypeError: a buffer that is not a float or complex array of its
+            parameter's kind, or a container of the wrong type.
         """
-        groups = state_dict["param_groups"]
-        if len(groups) != 1:
-            raise ValueError(
-                "loaded state dict has a different number of parameter groups: "
-                f"{len(groups)}, FunctionalRMSprop has 1"
-            )
-        group = groups[0]
-        n = len(self._shapes)
-        if len(group["params"]) != n:
-            raise ValueError(
-                "loaded state dict contains a parameter group that doesn't match the size "
-                f"of optimizer's group: {len(group['params'])} parameters, expected {n}"
-            )
-        position = {index: k for k, index in enumerate(group["params"])}
-        defaults = {name: group.get(name, self.defaults[name]) for name in _HYPER_NAMES}
-        for name in _HYPER_NAMES:
-            defaults[name] = _hyper_value(name, defaults[name])
-        centered = bool(group.get("centered", self.centered))
-        maximize = bool(group.get("maximize", self.maximize))
-
-        steps = np.zeros(n, np.int64)
-        has_state = np.zeros(n, bool)
-        has_momentum = np.zeros(n, bool)
-        buffers: dict[int, list] = {}
-        for index, entry in state_dict["state"].items():
-            if index not in position:
-                raise ValueError(f"loaded state dict has state for unknown parameter {index}")
-            i = position[index]
-            if centered != ("grad_avg" in entry):
+        with self._lock:
+            where = "FunctionalRMSprop.load_state_dict"
+            state, group = state_dict_parts(state_dict, where)
+            defaults = {name: hyper_value(name, group[name], _WHO) for name in HYPER_ORDER}
+            centered = bool(group.get("centered", self._centered))
+            maximize = bool(group.get("maximize", self._maximize))
+            indices = list(group["params"])
+            if len(indices) != self._n:
                 raise ValueError(
-                    f"loaded state for parameter {index} "
-                    f"{'lacks' if centered else 'has'} a grad_avg, but centered={centered}"
+                    "loaded state dict contains a parameter group that doesn't match the size "
+                    f"of optimizer's group: {len(indices)} parameters, expected {self._n}"
                 )
-            steps[i] = int(np.rint(_to_numpy(entry["step"])))
-            has_state[i] = True
-            has_momentum[i] = "momentum_buffer" in entry
-            buffers[i] = [self._checked(index, i, key, entry.get(key)) for key in _BUFFERS]
-
-        states: list[tuple | None] = []
-        for members in self._units:
-            loaded = [buffers.get(i) for i in members]
-            if all(b is None for b in loaded):
-                states.append(None)
-                continue
-            dtype = self._dtypes[members[0]]
-            unit = []
-            for which in range(3):
-                parts = [b[which] if b is not None else None for b in loaded]
-                if all(p is None for p in parts):
-                    unit.append(None)
-                    continue
-                if which == 1 and not centered:
-                    unit.append(None)
-                    continue
-                if len(members) == 1:
-                    unit.append(jnp.asarray(parts[0], dtype))
-                    continue
-                flat = [
-                    np.zeros(math.prod(self._shapes[i]), dtype) if p is None else p.ravel()
-                    for i, p in zip(members, parts)
+            position = {index: k for k, index in enumerate(indices)}
+            if len(position) != self._n:
+                raise ValueError(f"{where}: the group's params repeat an index: {indices}")
+            steps = np.zeros(self._n, np.int64)
+            buffers: dict[int, list] = {}
+            for index, entry in state.items():
+                if index not in position:
+                    raise ValueError(f"loaded state dict has state for unknown parameter {index}")
+                check_state_entry(index, entry, defaults["momentum"], centered, where)
+                i = position[index]
+                steps[i] = step_count(entry["step"], f"{where}: parameter {index!r}")
+                buffers[i] = [
+                    None
+                    if key not in entry
+                    else loaded_buffer(
+                        entry[key],
+                        self._layout.shapes[i],
+                        self._layout.dtypes[i],
+                        f"{where}: state {key!r} of parameter {index!r}",
+                    )
+                    for key in BUFFERS
                 ]
-                unit.append(jnp.asarray(np.concatenate(flat), dtype))
-            states.append(tuple(unit))
-
-        self.defaults.update(defaults)
-        self.centered = centered
-        self.maximize = maximize
-        self._states = states
-        self._steps = steps
-        self._has_state = has_state
-        self._has_momentum = has_momentum
-
-    def _checked(self, index: Any, i: int, key: str, value: Any) -> np.ndarray | None:
-        if value is None:
-            return None
-        array = _to_numpy(value)
-        if tuple(array.shape) != self._shapes[i]:
-            raise ValueError(
-                f"loaded state {key!r} of parameter {index} has shape {tuple(array.shape)}, "
-                f"the parameter has shape {self._shapes[i]}"
-            )
-        dtype = self._dtypes[i]
-        if np.iscomplexobj(array) != jnp.issubdtype(dtype, jnp.complexfloating):
-            raise TypeError(
-                f"loaded state {key!r} of parameter {index} is {array.dtype}, "
-                f"the parameter is {dtype}"
-            )
-        return array.astype(dtype)
+            states = self._packed(self._layout, buffers)
+            has = np.zeros((self._n, 3), bool)
+            for i, parts in buffers.items():
+                has[i] = [part is not None for part in parts]
+            # Everything is checked and built: commit.
+            self.defaults.update(defaults)
+            self._centered, self._maximize = centered, maximize
+            self._states = states
+            self._steps = steps
+            self._has_state = has[:, 0].copy()
+            self._has_grad_avg = has[:, 1].copy()
+            self._has_momentum = has[:, 2].copy()
 
     # ------------------------------------------------------------------ repr
 
     def __repr__(self) -> str:
-        hyper = ", ".join(f"{name}={self.defaults[name]!r}" for name in _HYPER_NAMES)
-        buffers = [b for s in self._states if s is not None for b in s if b is not None]
-        state_bytes = sum(b.size * b.dtype.itemsize for b in buffers)
-        elements = sum(math.prod(s) for s in self._shapes)
-        return (
-            f"FunctionalRMSprop({hyper}, centered={self.centered}, maximize={self.maximize}, "
-            f"foreach={self.foreach}; {len(self._shapes)} params, {elements:,} elements, "
-            f"{int(self._has_state.sum())} with state, state {_format_bytes(state_bytes)})"
-        )
+        with self._lock:
+            hyper = ", ".join(f"{name}={self.defaults[name]!r}" for name in HYPER_ORDER)
+            buffers = [b for s in self._states if s is not None for b in s if b is not None]
+            state_bytes = sum(b.size * b.dtype.itemsize for b in buffers)
+            elements = sum(self._layout.sizes)
+            return (
+                f"FunctionalRMSprop({hyper}, centered={self._centered}, "
+                f"maximize={self._maximize}, foreach={self._foreach}; {self._n} params, "
+                f"{elements:,} elements, {int(self._has_state.sum())} with state, "
+                f"state {_format_bytes(state_bytes)})"
+            )
 
 
-def _format_bytes(n: int) -> str:
+def _format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

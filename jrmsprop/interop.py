@@ -24,7 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jrmsprop.transform import RMSpropState
-from jrmsprop.validation import check_hyperparams
+from jrmsprop.validation import (
+    check_hyperparams,
+    check_state_entry,
+    state_dict_parts,
+    step_count,
+)
 
 # jrmsprop.rmsprop's keyword arguments, with its defaults.
 _DEFAULTS = {
@@ -83,58 +88,20 @@ def _number(value: Any) -> Any:
 
 
 def _single_group(state_dict: Mapping) -> Mapping:
-    if not isinstance(state_dict, Mapping) or not {"state", "param_groups"} <= set(state_dict):
-        got = type(state_dict).__name__
-        if isinstance(state_dict, Mapping):
-            got += f" with keys {sorted(map(str, state_dict))}"
-        raise ValueError(
-            "from_torch_state_dict: expected torch.optim.RMSprop.state_dict(), a dict "
-            f"with keys 'state' and 'param_groups'; got {got}"
-        )
-    groups = state_dict["param_groups"]
-    if len(groups) != 1:
+    groups = state_dict.get("param_groups") if isinstance(state_dict, Mapping) else None
+    if isinstance(groups, (list, tuple)) and len(groups) > 1:
         raise ValueError(
             f"from_torch_state_dict: the torch state has {len(groups)} param_groups; "
             "one is supported. Convert each group on its own (with the params of that "
             "group) and combine them with optax.multi_transform."
         )
-    group = groups[0]
-    missing = [key for key in (*_FLOAT_KEYS, "centered", "params") if key not in group]
-    if missing:
+    _, group = state_dict_parts(state_dict, "from_torch_state_dict")
+    if "centered" not in group:
         raise ValueError(
-            "from_torch_state_dict: this is not torch.optim.RMSprop's state: its param "
-            f"group lacks {missing} (it has {sorted(map(str, group))}); "
-            f"{_foreign_hint(state_dict)}"
+            "from_torch_state_dict: the param group has no 'centered' "
+            f"(its keys: {sorted(map(str, group))}): not torch.optim.RMSprop's state"
         )
     return group
-
-
-_RMSPROP_KEYS = {"step", "square_avg", "momentum_buffer", "grad_avg"}
-
-
-def _foreign_hint(state_dict: Mapping) -> str:
-    """Names the state keys found, which tell which optimizer wrote the dict."""
-    found = sorted({str(k) for entry in state_dict["state"].values() for k in entry})
-    foreign = sorted(set(found) - _RMSPROP_KEYS)
-    if foreign:
-        return f"its state has {foreign}, keys of another optimizer (Adam's exp_avg, ...)"
-    return f"its state keys are {found}"
-
-
-def _step_number(value: Any, where: str) -> int:
-    """torch's float ``step`` as an int; a finite non-negative integer or an error."""
-    try:
-        number = float(_to_numpy(value))
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"from_torch_state_dict: {where}: step must be a number, got {value!r}"
-        ) from None
-    if not (np.isfinite(number) and number >= 0 and number == int(number)):
-        raise ValueError(
-            f"from_torch_state_dict: {where}: step must be a finite non-negative "
-            f"integer, got {number}"
-        )
-    return int(number)
 
 
 def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpropState]:
@@ -198,17 +165,13 @@ def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpr
         )
 
     uses_momentum = hyperparams["momentum"] > 0
+    prefix = "from_torch_state_dict: "
     steps, square_avgs, buffers, grad_avgs = [], [], [], []
     for position, (torch_id, (path, leaf)) in enumerate(zip(ids, leaves_with_paths)):
         jax_path = jax.tree_util.keystr(path) or "<root>"
         where = f"torch parameter {position} (id {torch_id}) / JAX leaf {jax_path}"
         entry = state_dict["state"].get(torch_id)
         leaf = jnp.asarray(leaf)
-        if entry is not None and not _RMSPROP_KEYS >= set(map(str, entry)):
-            raise ValueError(
-                f"from_torch_state_dict: {where}: this is not torch.optim.RMSprop's "
-                f"state: {_foreign_hint(state_dict)}"
-            )
 
         def read(key: str, entry=entry, leaf=leaf, where=where) -> jax.Array:
             if entry is None:
@@ -232,9 +195,11 @@ def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpr
                 )
             return jnp.asarray(value)
 
-        if entry is not None and "step" not in entry:
-            raise ValueError(f"from_torch_state_dict: {where}: the torch state has no 'step'")
-        steps.append(0 if entry is None else _step_number(entry["step"], where))
+        if entry is not None:
+            check_state_entry(
+                torch_id, entry, hyperparams["momentum"], hyperparams["centered"], prefix + where
+            )
+        steps.append(0 if entry is None else step_count(entry["step"], f"{prefix}{where}"))
         square_avgs.append(read("square_avg"))
         if uses_momentum:
             buffers.append(read("momentum_buffer"))

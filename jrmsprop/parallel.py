@@ -7,22 +7,80 @@ of the (already averaged) gradient. These helpers pick that layout:
 
 * ZeRO-1 (optimizer-state sharding): :func:`shard_state` splits every state
   leaf over the data axis of a mesh where its shape allows it and replicates
-  the rest, so each device holds ``1 / axis_size`` of the optimizer state.
+  the rest.
 * FSDP-style (fully sharded params): :func:`shard_params` applies the same
   rule to the parameters; ``jax.jit`` then gathers them where the forward
   pass needs them whole.
 
-The rule, for each array leaf: split its first dimension over ``axis`` when
-that dimension is divisible by the axis size; otherwise (scalars such as
-``count`` and ``step``, odd sizes) replicate it.
+The default rule, :func:`largest_divisible`: split each array leaf along its
+largest dimension that the axis size divides (a ``50257 x 64`` vocabulary
+embedding splits along its width on 2, 4 or 8 devices); replicate a leaf with
+no such dimension (scalars, odd sizes). The ``count`` and ``step`` fields of
+:class:`~jrmsprop.RMSpropState` are always replicated, whatever the rule: they
+are a few bytes, and every device reads them. :func:`replicated_leaves` lists
+what stays whole, ``shard_state`` / ``shard_params`` warn when that is large,
+and ``rule=`` takes any other rule.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jrmsprop.transform import RMSpropState
+from jrmsprop.validation import path_str
+
+Rule = Callable[[str, tuple, str, int], PartitionSpec]
+"""``rule(path, shape, axis, size) -> PartitionSpec`` for one array leaf.
+
+``path`` is the leaf's key path as written (``.square_avg['embed']``),
+``shape`` its shape, ``axis`` the mesh axis name and ``size`` that axis's
+size. Return ``PartitionSpec()`` to replicate the leaf.
+"""
+
+WARN_BYTES = 1 << 20
+"""Default threshold of :func:`shard_state` / :func:`shard_params`: warn when the
+leaves kept whole on every device hold more than this many bytes (1 MiB)."""
+
+# RMSpropState fields every device reads whole: the update count (what an lr
+# schedule reads) and the per-parameter steps (a 0-d int32 per leaf, or one
+# int32 vector with an entry per leaf). Splitting them would save nothing.
+_ALWAYS_WHOLE = ("count", "step")
+
+
+def largest_divisible(path: str, shape: tuple, axis: str, size: int) -> PartitionSpec:
+    """The default rule: split the largest dimension that ``size`` divides.
+
+    Ties go to the first such dimension; a leaf with no such dimension
+    (a scalar, a ``(3,)`` bias on 4 devices) is replicated.
+
+    Args:
+      path: the leaf's key path (unused by this rule; part of the signature).
+      shape: the leaf's shape.
+      axis: the mesh axis name.
+      size: the size of that axis.
+
+    Returns:
+      ``PartitionSpec`` naming ``axis`` at the chosen dimension, or
+      ``PartitionSpec()``.
+
+    Example::
+
+      >>> largest_divisible(".square_avg['embed']", (50257, 64), "data", 4)
+      PartitionSpec(None, 'data')
+    """
+    del path
+    fits = [d for d, n in enumerate(shape) if n % size == 0]
+    if not fits:
+        return PartitionSpec()
+    dim = max(fits, key=lambda d: (shape[d], -d))
+    return PartitionSpec(*([None] * dim), axis)
 
 
 def _axis_size(mesh: Mesh, axis: str) -> int:
@@ -33,55 +91,178 @@ def _axis_size(mesh: Mesh, axis: str) -> int:
     return mesh.shape[axis]
 
 
-def _leaf_sharding(leaf: Any, mesh: Mesh, axis: str, size: int) -> NamedSharding:
+def _shape(path: str, leaf: Any) -> tuple:
     shape = getattr(leaf, "shape", None)
     if shape is None:
-        raise TypeError(f"jrmsprop: cannot shard a {type(leaf).__name__}; expected an array leaf")
-    if len(shape) >= 1 and shape[0] % size == 0:
-        return NamedSharding(mesh, PartitionSpec(axis))
-    return NamedSharding(mesh, PartitionSpec())
+        raise TypeError(
+            f"jrmsprop: cannot shard {path}, a {type(leaf).__name__}; expected an array leaf"
+        )
+    return tuple(shape)
 
 
-def split_shardings(tree: Any, mesh: Mesh, axis: str = "data") -> Any:
+def _checked(spec: Any, path: str, shape: tuple, mesh: Mesh) -> PartitionSpec:
+    """``spec`` if it can lay out ``shape`` on ``mesh``; otherwise a ValueError naming the leaf."""
+    if not isinstance(spec, PartitionSpec):
+        raise TypeError(
+            f"jrmsprop: the rule returned a {type(spec).__name__} for {path}; "
+            "expected a PartitionSpec"
+        )
+    if len(spec) > len(shape):
+        raise ValueError(f"jrmsprop: {spec} has more entries than {path} of shape {shape}")
+    for dim, names in enumerate(spec):
+        names = () if names is None else (names,) if isinstance(names, str) else tuple(names)
+        for name in names:
+            _axis_size(mesh, name)
+        parts = math.prod(mesh.shape[name] for name in names)
+        if shape[dim] % parts:
+            raise ValueError(
+                f"jrmsprop: {spec} splits dimension {dim} of {path} (shape {shape}) "
+                f"into {parts} parts, which does not divide {shape[dim]}"
+            )
+    return spec
+
+
+def _specs(tree: Any, mesh: Mesh, axis: str, rule: Rule) -> Any:
+    """A pytree of PartitionSpecs: ``rule`` per leaf, RMSpropState's count and step whole."""
+    size = _axis_size(mesh, axis)
+
+    def leaf_spec(path: tuple, leaf: Any) -> PartitionSpec:
+        where = path_str(path)
+        shape = _shape(where, leaf)
+        return _checked(rule(where, shape, axis, size), where, shape, mesh)
+
+    def whole_spec(path: tuple, leaf: Any) -> PartitionSpec:
+        _shape(path_str(path), leaf)
+        return PartitionSpec()
+
+    def node_spec(path: tuple, node: Any) -> Any:
+        if not isinstance(node, RMSpropState):
+            return leaf_spec(path, node)
+        fields = {}
+        for name, value in node._asdict().items():
+            prefix = (*path, jax.tree_util.GetAttrKey(name))
+            spec = whole_spec if name in _ALWAYS_WHOLE else leaf_spec
+            fields[name] = jax.tree_util.tree_map_with_path(
+                lambda p, leaf, prefix=prefix, spec=spec: spec((*prefix, *p), leaf), value
+            )
+        return RMSpropState(**fields)
+
+    return jax.tree_util.tree_map_with_path(
+        node_spec, tree, is_leaf=lambda node: isinstance(node, RMSpropState)
+    )
+
+
+def split_shardings(
+    tree: Any, mesh: Mesh, axis: str = "data", rule: Rule = largest_divisible
+) -> Any:
     """The ZeRO/FSDP layout of a pytree, as a matching pytree of shardings.
 
-    Each array leaf whose first dimension is divisible by the size of
-    ``axis`` is split along that dimension; every other leaf (scalars, odd
-    sizes) is replicated. ``None`` subtrees (an unused ``momentum_buffer``)
-    stay ``None``. Pass the result as ``in_shardings`` / ``out_shardings`` of
-    ``jax.jit`` to keep a train step's state in this layout.
+    Each array leaf is laid out by ``rule`` (by default split along its
+    largest dimension that the size of ``axis`` divides, replicated when
+    there is none); the ``count`` and ``step`` fields of every
+    :class:`~jrmsprop.RMSpropState` in ``tree`` are replicated whatever the
+    rule. ``None`` subtrees (an unused ``momentum_buffer``) stay ``None``.
+    Pass the result as ``in_shardings`` / ``out_shardings`` of ``jax.jit`` to
+    keep a train step's state in this layout, or as the ``sharding`` of the
+    ``jax.ShapeDtypeStruct`` target of an orbax restore to load a checkpoint
+    onto this mesh.
 
     Args:
       tree: a pytree of arrays (or ``jax.ShapeDtypeStruct``), e.g. an
-        :class:`~jrmsprop.RMSpropState` or a params dict.
-      mesh: the device mesh.
+        :class:`~jrmsprop.RMSpropState`, the state of an ``optax.chain`` or a
+        params dict.
+      mesh: the device mesh (or a ``jax.sharding.AbstractMesh``: a layout
+        needs no devices).
       axis: name of the mesh axis the batch is split over.
+      rule: ``rule(path, shape, axis, size) -> PartitionSpec`` per leaf
+        (see :data:`Rule`); :func:`largest_divisible` by default.
 
     Returns:
       A pytree with the structure of ``tree`` and a ``NamedSharding`` per leaf.
 
     Raises:
-      ValueError: ``axis`` is not an axis of ``mesh``.
-      TypeError: a leaf is not an array.
+      ValueError: ``axis`` (or an axis the rule names) is not an axis of
+        ``mesh``, or the rule's spec does not divide a leaf's shape.
+      TypeError: a leaf is not an array, or the rule returned no PartitionSpec.
+
+    Example::
+
+      >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+      >>> layout = jrmsprop.split_shardings(opt.init(params), mesh, "data")
     """
-    size = _axis_size(mesh, axis)
-    return jax.tree.map(lambda leaf: _leaf_sharding(leaf, mesh, axis, size), tree)
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), _specs(tree, mesh, axis, rule))
 
 
-def shard_state(state: Any, mesh: Mesh, axis: str = "data") -> Any:
+def replicated_leaves(
+    tree: Any, mesh: Mesh, axis: str = "data", rule: Rule = largest_divisible
+) -> dict:
+    """The leaves :func:`split_shardings` keeps whole on every device, and their bytes.
+
+    What ZeRO-1 / FSDP do not save: each of these leaves costs its full size
+    on every device. Check it on a new model before trusting the saving.
+
+    Args:
+      tree: a pytree of arrays (or ``jax.ShapeDtypeStruct``).
+      mesh: the device mesh (or a ``jax.sharding.AbstractMesh``).
+      axis: name of the mesh axis.
+      rule: the rule, as in :func:`split_shardings`.
+
+    Returns:
+      ``{path: bytes}`` for every leaf laid out with ``PartitionSpec()``, in
+      leaf order, e.g. ``{".count": 4, ".square_avg['scale']": 24}``.
+
+    Example::
+
+      >>> jrmsprop.parallel.replicated_leaves(opt.init(params), mesh, "data")
+    """
+    specs = jax.tree_util.tree_leaves_with_path(_specs(tree, mesh, axis, rule))
+    return {
+        path_str(path): math.prod(leaf.shape) * jnp.dtype(leaf.dtype).itemsize
+        for (path, spec), leaf in zip(specs, jax.tree.leaves(tree))
+        if not any(spec)
+    }
+
+
+def _place(tree: Any, mesh: Mesh, axis: str, rule: Rule, warn_bytes: int | None) -> Any:
+    if warn_bytes is not None:
+        whole = replicated_leaves(tree, mesh, axis, rule)
+        if sum(whole.values()) > warn_bytes:
+            largest = sorted(whole.items(), key=lambda item: -item[1])[:3]
+            warnings.warn(
+                f"jrmsprop: {sum(whole.values())} bytes in {len(whole)} leaves stay whole on "
+                f"each device of axis {axis!r} (largest: "
+                + ", ".join(f"{path} {n} bytes" for path, n in largest)
+                + "); see jrmsprop.parallel.replicated_leaves, or pass rule=",
+                stacklevel=3,
+            )
+    return jax.device_put(tree, split_shardings(tree, mesh, axis, rule))
+
+
+def shard_state(
+    state: Any,
+    mesh: Mesh,
+    axis: str = "data",
+    rule: Rule = largest_divisible,
+    warn_bytes: int | None = WARN_BYTES,
+) -> Any:
     """ZeRO-1: places an optimizer state split over the data axis of ``mesh``.
 
-    Every leaf whose first dimension the axis size divides is split along it;
-    the rest is replicated (see :func:`split_shardings`). Per device, the
-    optimizer state then takes ``1 / mesh.shape[axis]`` of its memory, and
-    ``rmsprop(...).update`` under ``jax.jit`` gives the same numbers as the
-    unsharded run, since the math is elementwise.
+    Every leaf is laid out as :func:`split_shardings` says: split along its
+    largest dimension the axis size divides, replicated when there is none;
+    ``count`` and ``step`` replicated. Per device the optimizer state then
+    takes ``1 / mesh.shape[axis]`` of its memory plus the leaves kept whole
+    (:func:`replicated_leaves`), and ``rmsprop(...).update`` under
+    ``jax.jit`` gives the same numbers as the unsharded run, since the math
+    is elementwise.
 
     Args:
       state: an optimizer state (any pytree of arrays; typically
         :class:`~jrmsprop.RMSpropState` or the state of an ``optax.chain``).
       mesh: the device mesh.
       axis: name of the mesh axis to split over.
+      rule: the layout rule, as in :func:`split_shardings`.
+      warn_bytes: warn (``UserWarning``) when the leaves kept whole hold more
+        than this many bytes; ``None`` never warns.
 
     Returns:
       ``state`` with each leaf placed by ``jax.device_put`` in that layout.
@@ -96,10 +277,16 @@ def shard_state(state: Any, mesh: Mesh, axis: str = "data") -> Any:
       >>> opt = jrmsprop.rmsprop(lr=0.1, momentum=0.9)
       >>> state = jrmsprop.shard_state(opt.init({"w": jnp.ones((8, 4))}), mesh, "data")
     """
-    return jax.device_put(state, split_shardings(state, mesh, axis))
+    return _place(state, mesh, axis, rule, warn_bytes)
 
 
-def shard_params(params: Any, mesh: Mesh, axis: str = "data") -> Any:
+def shard_params(
+    params: Any,
+    mesh: Mesh,
+    axis: str = "data",
+    rule: Rule = largest_divisible,
+    warn_bytes: int | None = WARN_BYTES,
+) -> Any:
     """FSDP-style: places parameters split over the data axis of ``mesh``.
 
     The same rule as :func:`shard_state`. Combine both (``shard_params`` for
@@ -112,6 +299,9 @@ def shard_params(params: Any, mesh: Mesh, axis: str = "data") -> Any:
       params: a pytree of parameter arrays.
       mesh: the device mesh.
       axis: name of the mesh axis to split over.
+      rule: the layout rule, as in :func:`split_shardings`.
+      warn_bytes: warn (``UserWarning``) when the leaves kept whole hold more
+        than this many bytes; ``None`` never warns.
 
     Returns:
       ``params`` placed in that layout.
@@ -119,7 +309,7 @@ def shard_params(params: Any, mesh: Mesh, axis: str = "data") -> Any:
     Raises:
       ValueError: ``axis`` is not an axis of ``mesh``.
     """
-    return jax.device_put(params, split_shardings(params, mesh, axis))
+    return _place(params, mesh, axis, rule, warn_bytes)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

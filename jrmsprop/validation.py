@@ -6,10 +6,15 @@ is refused has changed nothing.
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import operator
+from collections.abc import Mapping, Sequence
+from itertools import chain, repeat
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # torch.optim.RMSprop's messages for a negative (or NaN) hyperparameter, word for word.
 HYPERPARAM_ERRORS = {
@@ -97,3 +102,241 @@ def check_pair(path, leaf, ref, what: str, ref_what: str) -> None:
             f"rmsprop: dtype mismatch at {path_str(path)}: {what} is "
             f"{jnp.dtype(leaf.dtype).name}, {ref_what} is {jnp.dtype(ref.dtype).name}"
         )
+
+
+# What torch.optim.RMSprop keeps per parameter, and the hyperparameters of its group.
+RMSPROP_STATE_KEYS = ("step", "square_avg", "momentum_buffer", "grad_avg")
+RMSPROP_GROUP_KEYS = ("lr", "alpha", "eps", "weight_decay", "momentum")
+
+
+def host_array(value: Any) -> np.ndarray:
+    """A numpy copy of a number, numpy or JAX array, or torch tensor.
+
+    Tensors are detached and their conjugate and negative bits resolved
+    (torch is imported only when given a tensor: it is not a dependency).
+    """
+    if type(value).__module__.startswith("torch"):
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            return value.detach().cpu().resolve_conj().resolve_neg().numpy().copy()
+    return np.array(value)
+
+
+def state_dict_parts(state_dict: Any, where: str) -> tuple[Mapping, Mapping]:
+    """The ``state`` and the one param group of a ``torch.optim`` RMSprop state dict.
+
+    Raises ``ValueError`` naming what is missing (not a bare ``KeyError``), a
+    number of groups other than one, and a dict from another optimizer: a
+    group without RMSprop's hyperparameters or state keys RMSprop does not
+    keep (Adam's ``exp_avg``, SGD's ``dampening``), with the keys found.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"{where}: a state dict is a dict, got {type(state_dict).__name__}")
+    missing = [key for key in ("state", "param_groups") if key not in state_dict]
+    if missing:
+        raise ValueError(
+            f"{where}: the state dict has no {_names(missing)} (its keys: {_names(state_dict)}); "
+            "expected torch.optim's layout {'state': {...}, 'param_groups': [{...}]}"
+        )
+    state, groups = state_dict["state"], state_dict["param_groups"]
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{where}: state_dict['state'] must be a dict, got {type(state).__name__}")
+    if not isinstance(groups, Sequence) or isinstance(groups, str):
+        raise TypeError(
+            f"{where}: state_dict['param_groups'] must be a list, got {type(groups).__name__}"
+        )
+    if len(groups) != 1:
+        raise ValueError(
+            "loaded state dict has a different number of parameter groups: "
+            f"{len(groups)}, expected 1"
+        )
+    group = groups[0]
+    if not isinstance(group, Mapping):
+        raise TypeError(f"{where}: the param group must be a dict, got {type(group).__name__}")
+    foreign = sorted(
+        {str(k) for entry in state.values() if isinstance(entry, Mapping) for k in entry}
+        - set(RMSPROP_STATE_KEYS)
+    )
+    absent = [key for key in (*RMSPROP_GROUP_KEYS, "params") if key not in group]
+    if foreign or absent:
+        found = f"the group's keys: {_names(group)}"
+        if foreign:
+            found += f"; state keys RMSprop does not keep: {_names(foreign)}"
+        if absent:
+            found = f"the group has no {_names(absent)}; " + found
+        raise ValueError(
+            f"{where}: not an RMSprop state dict ({found}). RMSprop's group holds "
+            f"{_names(RMSPROP_GROUP_KEYS)} and its state {_names(RMSPROP_STATE_KEYS)}; "
+            "a state dict of another optimizer (Adam, SGD, ...) cannot be loaded"
+        )
+    return state, group
+
+
+def check_state_entry(index: Any, entry: Any, momentum: float, centered: bool, where: str) -> None:
+    """``ValueError`` unless ``entry`` has every key RMSprop needs for these settings.
+
+    ``step`` and ``square_avg`` always; ``momentum_buffer`` when
+    ``momentum > 0``; ``grad_avg`` when ``centered``. No value may be ``None``.
+    """
+    if not isinstance(entry, Mapping):
+        raise TypeError(
+            f"{where}: the state of parameter {index!r} must be a dict, got {type(entry).__name__}"
+        )
+    needed = ["step", "square_avg"]
+    if momentum > 0:
+        needed.append("momentum_buffer")
+    if centered:
+        needed.append("grad_avg")
+    missing = [key for key in needed if key not in entry]
+    if missing:
+        raise ValueError(
+            f"{where}: the state of parameter {index!r} has no {_names(missing)}, which "
+            f"momentum={momentum} and centered={centered} need (it has {_names(entry)})"
+        )
+    nones = [key for key, value in entry.items() if value is None]
+    if nones:
+        raise ValueError(f"{where}: the state of parameter {index!r} has None for {_names(nones)}")
+
+
+def step_count(value: Any, where: str) -> int:
+    """torch's ``state["step"]`` (a number or 0-d array/tensor) as an ``int``.
+
+    Raises ``ValueError`` unless it is a finite, non-negative integer value.
+    """
+    array = host_array(value)
+    number = None
+    if (
+        array.size == 1
+        and array.ndim <= 1
+        and (array.dtype.kind in "iu" or is_optimizable(array.dtype))
+        and not np.iscomplexobj(array)
+    ):
+        number = float(array.reshape(()))
+    if number is None or not math.isfinite(number) or number < 0 or number != int(number):
+        raise ValueError(f"{where}: step must be a finite non-negative integer, got {value!r}")
+    return int(number)
+
+
+def _names(keys: Any) -> str:
+    return ", ".join(repr(k) for k in keys) or "nothing"
+
+
+class ArraySpec(NamedTuple):
+    """A shape and dtype to check an array against (see :func:`check_pair`)."""
+
+    shape: tuple
+    dtype: Any
+
+
+def hyper_value(name: str, value: Any, who: str) -> float:
+    """A hyperparameter read at run time (``defaults[name]``) as a float.
+
+    Raises torch's ``ValueError`` when it is negative or NaN, ``TypeError``
+    when it is not a real number.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{who}: defaults[{name!r}] must be a real number, got {type(value).__name__}"
+        ) from None
+    if not 0.0 <= number:  # also rejects NaN
+        raise ValueError(HYPERPARAM_ERRORS[name].format(number))
+    return number
+
+
+def check_distinct(leaves: Sequence, paths: Sequence, who: str) -> None:
+    """``ValueError`` when one array sits at two positions: it cannot be donated twice."""
+    first: dict[int, int] = {}
+    for i, leaf in enumerate(leaves):
+        j = first.setdefault(id(leaf), i)
+        if j != i:
+            raise ValueError(
+                f"{who}: params {path_str(paths[j])} and {path_str(paths[i])} are the same "
+                "array; each parameter needs its own array (the step donates them)"
+            )
+
+
+_shape = operator.attrgetter("shape")
+_dtype = operator.attrgetter("dtype")
+_is_deleted = operator.methodcaller("is_deleted")
+
+
+def check_gradients(
+    grads: Sequence,
+    stepping: Sequence[int],
+    params: Sequence,
+    paths: Sequence,
+    states: Sequence,
+    who: str,
+) -> None:
+    """Checks the gradients of a step that donates ``params`` and the ``states`` buffers.
+
+    Each ``grads[i]`` for ``i`` in ``stepping`` must be an array (JAX or
+    numpy) of ``params[i]``'s shape and dtype, not deleted, and neither a
+    parameter nor a state buffer (a donated array cannot also be read).
+
+    Args:
+      grads: per position, a gradient or ``None``.
+      stepping: the positions whose gradient is not ``None``.
+      params: per position, the parameter array.
+      paths: per position, its key path (for the messages).
+      states: buffers the step donates, in tuples (``None`` entries allowed).
+      who: the caller's name, first in every message.
+    """
+    param_ids = dict(zip(map(id, params), range(len(params))))
+    state_ids = set(map(id, chain.from_iterable(filter(None, states))))
+    given = [grads[i] for i in stepping]
+    # The common case, in bulk (C loops): JAX arrays, all fine.
+    if (
+        all(map(isinstance, given, repeat(jax.Array)))
+        and list(map(_shape, given)) == [params[i].shape for i in stepping]
+        and list(map(_dtype, given)) == [params[i].dtype for i in stepping]
+        and param_ids.keys().isdisjoint(map(id, given))
+        and state_ids.isdisjoint(map(id, given))
+        and not any(map(_is_deleted, given))
+    ):
+        return
+    for i in stepping:  # one by one, for the message
+        g, where = grads[i], path_str(paths[i])
+        if not isinstance(g, (jax.Array, np.ndarray)):
+            raise TypeError(f"{who}: gradient {where} is a {type(g).__name__}, not an array")
+        check_pair(paths[i], g, params[i], "gradients", "params")
+        j = param_ids.get(id(g))
+        if j is not None or id(g) in state_ids:
+            what = (
+                "a buffer of the optimizer state"
+                if j is None
+                else f"parameter {path_str(paths[j])}"
+            )
+            raise ValueError(
+                f"{who}: the gradient at {where} is {what}, which the step donates: pass a copy"
+            )
+        if isinstance(g, jax.Array) and g.is_deleted():
+            raise ValueError(
+                f"{who}: the gradient at {where} is a deleted array (donated to or deleted by "
+                "other code)"
+            )
+
+
+def loaded_buffer(value: Any, shape: tuple, dtype: Any, where: str) -> np.ndarray:
+    """A state buffer from a state dict as a host array of ``shape`` and ``dtype``, checked.
+
+    Raises ``TypeError`` unless it is a float or complex array of the
+    parameter's kind (float / complex), ``ValueError`` unless its shape is
+    ``shape``.
+    """
+    try:
+        array = host_array(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{where} is not an array: {err}") from None
+    if not is_optimizable(array.dtype):  # bfloat16 (numpy kind "V") included
+        raise TypeError(f"{where} is {array.dtype}, not a float or complex array")
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(
+            f"{where} has shape {tuple(array.shape)}, the parameter has shape {tuple(shape)}"
+        )
+    if np.iscomplexobj(array) != jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(f"{where} is {array.dtype}, the parameter is {jnp.dtype(dtype).name}")
+    return array.astype(dtype)

@@ -8,6 +8,10 @@ call per step) and each run draws its ``None`` patterns from a few fixed ones
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+import time
 import warnings
 import zlib
 
@@ -20,7 +24,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from jrmsprop import FunctionalRMSprop, adapter
+from jrmsprop import FunctionalRMSprop, units
 
 with warnings.catch_warnings():
     # torch deprecates TorchScript optimizers; the class is still the reference.
@@ -174,15 +178,15 @@ def test_foreach_equals_loop():
 def test_foreach_units_chunked_and_large_leaves_equal_loop(monkeypatch):
     # Small limits so a handful of leaves crosses every unit boundary: chunks
     # of 3 same-dtype leaves, and leaves of >= 8 elements in units of their own.
-    monkeypatch.setattr(adapter, "_UNIT_LEAVES", 3)
-    monkeypatch.setattr(adapter, "_LARGE_LEAF", 8)
+    monkeypatch.setattr(units, "UNIT_LEAVES", 3)
+    monkeypatch.setattr(units, "LARGE_LEAF", 8)
     rng = np.random.default_rng(23)
     specs = [((2,), np.float32)] * 4 + [((3, 3), np.float32), ((2,), np.complex64)] * 2
     specs += [((3,), np.float32)] * 3
     init = [_draw(rng, s, d) for s, d in specs]
     loop = FunctionalRMSprop([jnp.asarray(x) for x in init], momentum=0.2)
     fused = FunctionalRMSprop([jnp.asarray(x) for x in init], momentum=0.2, foreach=True)
-    assert fused._units == [[0, 1, 2], [3, 8, 9], [4], [5, 7], [6], [10]]
+    assert fused._layout.units == [[0, 1, 2], [3, 8, 9], [4], [5, 7], [6], [10]]
     masks = [[True] * len(specs), [k % 3 != 1 for k in range(len(specs))]]
     for mask in masks * 3:
         grads = [jnp.asarray(_draw(rng, s, d)) if m else None for (s, d), m in zip(specs, mask)]
@@ -502,6 +506,7 @@ def test_state_dict_round_trip_in_torch_layout(foreach):
 
     copy = FunctionalRMSprop(_param_leaves(opt), foreach=not foreach)
     copy.load_state_dict(saved)
+    assert copy.foreach is (not foreach)  # a layout choice: not taken from the dict
     grads = [jnp.asarray(_draw(rng, s, d)) for s, d in SPECS]
     opt.step(grads)
     copy.step(grads)
@@ -528,27 +533,579 @@ def test_state_dict_round_trip_in_torch_layout(foreach):
         torch.testing.assert_close(torch.from_numpy(jp), tp)
 
 
-def test_bad_state_dict_changes_nothing():
-    opt = FunctionalRMSprop([jnp.ones(3), jnp.ones(2)], centered=True)
-    opt.step([jnp.ones(3), None])
+def _torch_state_dict(optimizer_class, **config):
+    """A real torch optimizer's state dict after one step on two params (3,) and (2,)."""
+    params = [torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)]
+    opt = optimizer_class(params, **config)
+    for p in params:
+        p.grad = torch.full_like(p, 0.5)
+    opt.step()
+    return opt.state_dict()
+
+
+def _with_entry(good, **changes):
+    """``good`` with parameter 0's state entry changed (a value of ``...`` removes the key)."""
+    entry = {k: v for k, v in good["state"][0].items() if changes.get(k, None) is not ...}
+    entry.update({k: v for k, v in changes.items() if v is not ...})
+    return {"state": {**good["state"], 0: entry}, "param_groups": good["param_groups"]}
+
+
+def _with_group(good, **changes):
+    return {"state": good["state"], "param_groups": [{**good["param_groups"][0], **changes}]}
+
+
+# Each invalid state dict, built from a valid one (momentum 0.9, centered): (make, error, match).
+BAD_STATE_DICTS = {
+    "not a dict": (lambda good: [good], TypeError, "a state dict is a dict"),
+    "no state key": (lambda good: {"param_groups": good["param_groups"]}, ValueError, "no 'state'"),
+    "no param_groups key": (lambda good: {"state": good["state"]}, ValueError, "no 'param_groups'"),
+    "two groups": (
+        lambda good: {**good, "param_groups": good["param_groups"] * 2},
+        ValueError,
+        "different number of parameter groups",
+    ),
+    "torch Adam": (
+        lambda good: _torch_state_dict(torch.optim.Adam),
+        ValueError,
+        r"not an RMSprop state dict .*'alpha', 'momentum'.*'exp_avg', 'exp_avg_sq'",
+    ),
+    "torch SGD": (
+        lambda good: _torch_state_dict(torch.optim.SGD, lr=0.1, momentum=0.9),
+        ValueError,
+        r"not an RMSprop state dict \(the group has no 'alpha', 'eps'.*'dampening'",
+    ),
+    "group without lr": (
+        lambda good: {
+            "state": good["state"],
+            "param_groups": [{k: v for k, v in good["param_groups"][0].items() if k != "lr"}],
+        },
+        ValueError,
+        "the group has no 'lr'",
+    ),
+    "negative lr": (lambda good: _with_group(good, lr=-1.0), ValueError, "Invalid learning rate"),
+    "wrong number of params": (
+        lambda good: _with_group(good, params=[0]),
+        ValueError,
+        "doesn't match the size",
+    ),
+    "repeated index": (
+        lambda good: _with_group(good, params=[0, 0]),
+        ValueError,
+        "repeat an index",
+    ),
+    "unknown index": (
+        lambda good: {"state": {7: good["state"][0]}, "param_groups": good["param_groups"]},
+        ValueError,
+        "unknown parameter 7",
+    ),
+    "entry not a dict": (
+        lambda good: {"state": {0: 3.0}, "param_groups": good["param_groups"]},
+        TypeError,
+        "must be a dict",
+    ),
+    "momentum_buffer None": (
+        lambda good: _with_entry(good, momentum_buffer=None),
+        ValueError,
+        "has None for 'momentum_buffer'",
+    ),
+    "momentum_buffer missing": (
+        lambda good: _with_entry(good, momentum_buffer=...),
+        ValueError,
+        "has no 'momentum_buffer', which momentum=0.9",
+    ),
+    "square_avg missing": (
+        lambda good: _with_entry(good, square_avg=...),
+        ValueError,
+        "has no 'square_avg'",
+    ),
+    "square_avg None": (
+        lambda good: _with_entry(good, square_avg=None),
+        ValueError,
+        "has None for 'square_avg'",
+    ),
+    "grad_avg missing while centered": (
+        lambda good: _with_entry(good, grad_avg=...),
+        ValueError,
+        "has no 'grad_avg'",
+    ),
+    "step missing": (lambda good: _with_entry(good, step=...), ValueError, "has no 'step'"),
+    "step negative": (
+        lambda good: _with_entry(good, step=np.float32(-1)),
+        ValueError,
+        "finite non-negative integer",
+    ),
+    "step fractional": (
+        lambda good: _with_entry(good, step=np.float32(2.5)),
+        ValueError,
+        "finite non-negative integer",
+    ),
+    "step NaN": (
+        lambda good: _with_entry(good, step=float("nan")),
+        ValueError,
+        "finite non-negative integer",
+    ),
+    "step string": (
+        lambda good: _with_entry(good, step="3"),
+        ValueError,
+        "finite non-negative integer",
+    ),
+    "square_avg wrong shape": (
+        lambda good: _with_entry(good, square_avg=np.zeros(4, np.float32)),
+        ValueError,
+        r"has shape \(4,\), the parameter has shape \(3,\)",
+    ),
+    "square_avg complex for a real param": (
+        lambda good: _with_entry(good, square_avg=np.zeros(3, np.complex64)),
+        TypeError,
+        "the parameter is float32",
+    ),
+    "grad_avg object array": (
+        lambda good: _with_entry(good, grad_avg=np.array([None, None, None])),
+        TypeError,
+        "not a float or complex array",
+    ),
+    "momentum_buffer integers": (
+        lambda good: _with_entry(good, momentum_buffer=np.zeros(3, np.int32)),
+        TypeError,
+        "not a float or complex array",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_STATE_DICTS)
+def test_each_invalid_state_dict_is_refused_and_changes_nothing(case):
+    make, error, match = BAD_STATE_DICTS[case]
+    params = [jnp.ones(3, jnp.float32), jnp.ones(2, jnp.float32)]
+    opt = FunctionalRMSprop(params, momentum=0.9, centered=True)
+    opt.step([jnp.ones(3, jnp.float32), None])
     good = opt.state_dict()
     before = _snapshot(opt)
-    wrong_size = {**good, "param_groups": [{**good["param_groups"][0], "params": [0]}]}
-    with pytest.raises(ValueError, match="doesn't match the size"):
-        opt.load_state_dict(wrong_size)
-    wrong_shape = {
-        "state": {0: {**good["state"][0], "square_avg": np.zeros(4)}},
-        "param_groups": good["param_groups"],
-    }
-    with pytest.raises(ValueError, match="has shape"):
-        opt.load_state_dict(wrong_shape)
-    no_grad_avg = {
-        "state": {0: {k: v for k, v in good["state"][0].items() if k != "grad_avg"}},
-        "param_groups": good["param_groups"],
-    }
-    with pytest.raises(ValueError, match="lacks a grad_avg"):
-        opt.load_state_dict(no_grad_avg)
+    with pytest.raises(error, match=match):
+        opt.load_state_dict(make(good))
     _assert_unchanged(opt, before)
+    opt.load_state_dict(good)  # the valid one still loads, and the optimizer still steps
+    opt.step([jnp.ones(3, jnp.float32), jnp.ones(2, jnp.float32)])
+    assert opt.state[0]["step"] == 2 and opt.state[1]["step"] == 1
+
+
+def test_loaded_state_dict_accepts_torch_tensors_with_conjugate_and_negative_bits():
+    x = torch.tensor([1 - 2j, 3 - 0.5j], dtype=torch.complex64)
+    conj, neg = x.conj(), x.conj().imag  # lazy views: the conjugate and the negative bit
+    assert conj.is_conj() and neg.is_neg()
+    group = {"lr": 0.1, "alpha": 0.9, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0}
+    state_dict = {
+        "state": {
+            0: {"step": torch.tensor(4.0), "square_avg": conj},
+            1: {"step": torch.tensor(1.0), "square_avg": neg},
+        },
+        "param_groups": [{**group, "params": [0, 1]}],
+    }
+    opt = FunctionalRMSprop([jnp.zeros(2, jnp.complex64), jnp.zeros(2, jnp.float32)])
+    opt.load_state_dict(state_dict)
+    np.testing.assert_array_equal(np.array(opt.state[0]["square_avg"]), [1 + 2j, 3 + 0.5j])
+    np.testing.assert_array_equal(np.array(opt.state[1]["square_avg"]), [2.0, 0.5])
+    assert int(opt.state[0]["step"]) == 4
+
+
+def _many(n=200, shape=(4,)):
+    """``n`` float32 params of ones: with foreach=True, units of 64 (the last one partial)."""
+    return [jnp.ones(shape, jnp.float32) for _ in range(n)]
+
+
+def _deleted():
+    bad = jnp.ones(4, jnp.float32)
+    bad.delete()
+    return bad
+
+
+# Gradients refused before anything is donated, each at the LAST position (in
+# the last foreach unit: earlier units would already have run): (corrupt, error, match).
+BAD_LAST_GRADIENT = {
+    "deleted": (lambda opt, g: g[:-1] + [_deleted()], ValueError, r"\[199\] is a deleted array"),
+    "another parameter": (
+        lambda opt, g: g[:-1] + [opt.param_group["params"][0]],
+        ValueError,
+        r"\[199\] is parameter \[0\], which the step donates",
+    ),
+    "its own parameter": (
+        lambda opt, g: g[:-1] + [opt.param_group["params"][-1]],
+        ValueError,
+        r"\[199\] is parameter \[199\]",
+    ),
+    "a state buffer": (
+        lambda opt, g: g[:-1] + [_a_state_buffer(opt)],
+        ValueError,
+        "a buffer of the optimizer state",
+    ),
+    "float64 numpy for float32": (
+        lambda opt, g: g[:-1] + [np.ones(4, np.float64)],
+        TypeError,
+        r"dtype mismatch at \[199\]: gradients is float64, params is float32",
+    ),
+    "wrong shape": (
+        lambda opt, g: g[:-1] + [jnp.ones(5, jnp.float32)],
+        ValueError,
+        r"shape mismatch at \[199\]",
+    ),
+    "a list": (lambda opt, g: g[:-1] + [[1.0] * 4], TypeError, "is a list, not an array"),
+}
+
+
+def _a_state_buffer(opt):
+    """A live state buffer of parameter 199 (reachable only through private names)."""
+    return opt._states[199][0]
+
+
+@pytest.mark.parametrize(
+    ("case", "foreach"),
+    # With foreach=True no state buffer has a parameter's shape (they are flat).
+    [
+        (case, foreach)
+        for case in BAD_LAST_GRADIENT
+        for foreach in (False, True)
+        if not (case == "a state buffer" and foreach)
+    ],
+)
+def test_bad_gradient_in_the_last_unit_changes_nothing(case, foreach):
+    corrupt, error, match = BAD_LAST_GRADIENT[case]
+    opt = FunctionalRMSprop(_many(), momentum=0.5, foreach=foreach)
+    opt.step([jnp.full(4, 0.5, jnp.float32) for _ in range(200)])
+    before = _snapshot(opt)
+    grads = [jnp.full(4, 0.25, jnp.float32) for _ in range(200)]
+    with pytest.raises(error, match=match):
+        opt.step(corrupt(opt, grads))
+    assert not any(p.is_deleted() for p in opt.param_group["params"])
+    _assert_unchanged(opt, before)
+    opt.step(grads)
+    assert {int(e["step"]) for e in opt.state.values()} == {2}
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_bad_parameter_container_is_refused_before_anything_runs(foreach):
+    opt = FunctionalRMSprop(_many(), foreach=foreach)
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(200)]
+    opt.step(grads)
+    params = opt.param_group["params"]
+    before = _snapshot(opt)
+    kept = params[150]
+    params[150] = params[3]  # one array at two positions: it cannot be donated twice
+    with pytest.raises(ValueError, match=r"params \[3\] and \[150\] are the same array"):
+        opt.step(grads)
+    params[150] = _deleted()
+    with pytest.raises(ValueError, match=r"parameter \[150\] is a deleted array"):
+        opt.step(grads)
+    params[150] = np.asarray(kept, np.float64)
+    with pytest.raises(TypeError, match=r"dtype mismatch at \[150\]"):
+        opt.step(grads)
+    params[150] = kept
+    assert not any(p.is_deleted() for p in params)
+    _assert_unchanged(opt, before)
+    params[150] = np.array(kept)  # a numpy parameter of the right dtype is taken
+    opt.step(grads)
+    assert isinstance(params[150], jax.Array)
+    np.testing.assert_array_equal(np.array(params[150]), np.array(params[0]))
+
+
+class _FailingUnits:
+    """``adapter.step_units`` that fails on its ``fail_at``-th call, as a device out of memory."""
+
+    def __init__(self, real, fail_at):
+        self.real, self.fail_at, self.calls = real, fail_at, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory (simulated)")
+        return self.real(*args, **kwargs)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_device_error_mid_step_deletes_nothing_and_commits_what_ran(foreach, monkeypatch):
+    from jrmsprop import adapter
+
+    opt = FunctionalRMSprop(_many(), momentum=0.5, foreach=foreach)
+    twin = FunctionalRMSprop(_many(), momentum=0.5, foreach=foreach)
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(200)]
+    for o in (opt, twin):
+        o.step(grads)
+    before = _snapshot(opt)
+    twin.step(grads)
+    failing = _FailingUnits(adapter.step_units, fail_at=3 if foreach else 1)
+    monkeypatch.setattr(adapter, "step_units", failing)
+    if foreach:  # units 0 and 1 ran (positions 0..127) and are committed; 2 and 3 are not
+        with pytest.raises(RuntimeError, match="after 2 of 4 units ran. Parameters") as raised:
+            opt.step(grads)
+        assert "RESOURCE_EXHAUSTED" in str(raised.value.__cause__)
+    else:  # one call: nothing ran, nothing changed
+        with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+            opt.step(grads)
+    monkeypatch.undo()
+    params = opt.param_group["params"]
+    assert not any(p.is_deleted() for p in params)
+    took = 128 if foreach else 0
+    after = _param_leaves(opt)
+    steps = opt.state_dict()["state"]
+    for i in range(200):
+        expected = _param_leaves(twin)[i] if i < took else before[0][i]
+        np.testing.assert_array_equal(after[i], expected)
+        assert steps[i]["step"] == (2 if i < took else 1)
+    opt.step(grads)  # usable; the parameters that missed the step stay one behind
+    steps = [int(e["step"]) for e in opt.state_dict()["state"].values()]
+    assert steps == [3] * took + [2] * (200 - took)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_device_error_that_consumed_its_inputs_says_which_are_lost(foreach, monkeypatch):
+    from jrmsprop import adapter
+
+    def consumed_then_failed(params, *args, **kwargs):
+        for p in jax.tree.leaves(params)[:2]:
+            p.delete()  # as a device fault after donation would leave them
+        raise RuntimeError("INTERNAL: device fault (simulated)")
+
+    opt = FunctionalRMSprop(_many(100), foreach=foreach)
+    monkeypatch.setattr(adapter, "step_units", consumed_then_failed)
+    with pytest.raises(RuntimeError, match=r"except \['\[0\]', '\[1\]'\]: the device consumed"):
+        opt.step([jnp.ones(4, jnp.float32)] * 100)
+
+
+def test_state_is_a_snapshot_that_survives_later_steps():
+    for foreach in (False, True):
+        opt = FunctionalRMSprop(_many(10), momentum=0.5, centered=True, foreach=foreach)
+        opt.step([jnp.full(4, 0.5, jnp.float32)] * 10)
+        snapshot = opt.state
+        kept = {k: np.array(v) for k, v in snapshot[3].items()}
+        for _ in range(2):
+            opt.step([jnp.full(4, 0.25, jnp.float32)] * 10)
+        for key, value in kept.items():  # readable after the steps, and as it was
+            np.testing.assert_array_equal(np.array(snapshot[3][key]), value)
+        assert int(opt.state[3]["step"]) == 3
+
+
+def _ctrl_c_outcome(opt, params, steps_before):
+    """After a possibly interrupted step: nothing deleted, every param took it or none did."""
+    assert not any(p.is_deleted() for p in params)
+    steps = {int(e["step"]) for e in opt.state_dict()["state"].values()}
+    assert len(steps) == 1 and steps <= {steps_before, steps_before + 1}, steps
+    # Same start, same gradients: params that took the same steps are equal.
+    values = np.stack([np.array(p) for p in params])
+    assert (values == values[0]).all()
+    return steps.pop()
+
+
+def test_ctrl_c_at_each_unit_of_a_foreach_step_is_raised_after_the_commit(monkeypatch):
+    # Deterministic: the SIGINT arrives while unit k runs, for every k.
+    from jrmsprop import adapter
+
+    params = _many(2000)
+    opt = FunctionalRMSprop(params, momentum=0.5, foreach=True)
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(2000)]
+    opt.step(grads)
+    units_per_step = len(opt._layout.units)
+    real = adapter.step_units
+    for k in range(units_per_step):
+        calls = []
+
+        def interrupting(*args, k=k, calls=calls, **kwargs):
+            calls.append(1)
+            if len(calls) == k + 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(adapter, "step_units", interrupting)
+        with pytest.raises(KeyboardInterrupt):
+            opt.step(grads)
+        monkeypatch.undo()
+        assert len(calls) == units_per_step  # held back until every unit ran
+        assert _ctrl_c_outcome(opt, params, k + 1) == k + 2  # and the step committed
+    opt.step(grads)
+
+
+def test_real_ctrl_c_from_a_timer_at_random_moments_of_a_foreach_step():
+    params = _many(2000)
+    opt = FunctionalRMSprop(params, momentum=0.5, foreach=True)
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(2000)]
+    opt.step(grads)
+    started = time.perf_counter()
+    opt.step(grads)
+    jax.block_until_ready(params)
+    duration = time.perf_counter() - started
+    rng = np.random.default_rng(1234)  # fixed delays: the same trials on every run
+    steps = 2
+    main = threading.main_thread().ident
+    for delay in rng.uniform(0.0, 1.3, size=30) * duration:
+        timer = threading.Timer(delay, signal.pthread_kill, (main, signal.SIGINT))
+        try:
+            timer.start()
+            opt.step(grads)
+            timer.join()
+            time.sleep(0.01)  # a signal sent after the step lands here
+        except KeyboardInterrupt:
+            pass
+        timer.join()
+        steps = _ctrl_c_outcome(opt, params, steps)
+    opt.step(grads)
+    assert _ctrl_c_outcome(opt, params, steps) == steps + 1
+
+
+def test_step_puts_back_the_callers_sigint_handler():
+    seen = []
+
+    def handler(signum, frame):
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        opt = FunctionalRMSprop(_many(3), foreach=True)
+        opt.step([jnp.ones(4, jnp.float32)] * 3)
+        assert signal.getsignal(signal.SIGINT) is handler
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.01)
+        assert seen == [signal.SIGINT]  # the caller's handler is live again
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_two_threads_stepping_one_optimizer_apply_every_step_once(foreach):
+    opt = FunctionalRMSprop(_many(150), momentum=0.5, centered=True, foreach=foreach)
+    twin = FunctionalRMSprop(_many(150), momentum=0.5, centered=True, foreach=foreach)
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(150)]
+    errors = []
+    barrier = threading.Barrier(2)
+
+    def worker():
+        try:
+            barrier.wait()
+            for _ in range(40):
+                opt.step(grads)
+                opt.state_dict()  # reads interleave with the other thread's steps
+        except Exception as err:  # noqa: BLE001 (reported below)
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for _ in range(80):
+        twin.step(grads)
+    assert {int(e["step"]) for e in opt.state.values()} == {80}
+    for a, b in zip(_param_leaves(opt), _param_leaves(twin)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+@pytest.mark.parametrize("switch", ["maximize", "centered off"])
+def test_switching_maximize_or_centered_off_mid_run_matches_torch(switch, foreach):
+    rng = np.random.default_rng(zlib.crc32(f"{switch}{foreach}".encode()))
+    config = {"momentum": 0.3, "centered": switch == "centered off"}
+    torch_params, torch_opt, jax_params, jax_opt = _pair(rng, foreach=foreach, **config)
+    mask = [True] * NEVER + [False]
+    for step in range(12):
+        if step == 5:
+            for opt in (torch_opt, jax_opt):
+                if switch == "maximize":
+                    opt.maximize = True
+                else:
+                    opt.centered = False  # torch keeps the grad_avg buffers, unchanged
+        if step == 8:
+            mask = [k % 2 == 0 for k in range(len(SPECS))]  # new params get state too
+        _both_step(rng, mask, torch_opt, jax_opt)
+    assert_same(torch_params, torch_opt, jax_params, jax_opt)
+    # The state dict of the switched optimizer loads and continues as the original.
+    copy = FunctionalRMSprop(_param_leaves(jax_opt), foreach=foreach)
+    copy.load_state_dict(jax_opt.state_dict())
+    grads = [jnp.asarray(_draw(rng, s, d)) for s, d in SPECS]
+    jax_opt.step(grads)
+    copy.step(grads)
+    for a, b in zip(_param_leaves(jax_opt), _param_leaves(copy)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_centered_on_after_uncentered_state_raises_at_once(foreach):
+    torch_params = [torch.ones(3)]
+    torch_opt = _new_torch_rmsprop(torch_params)
+    torch_opt.step([torch.ones(3)])
+    torch_opt.centered = True
+    with pytest.raises(KeyError, match="grad_avg"):  # torch: at the next step
+        torch_opt.step([torch.ones(3)])
+
+    opt = FunctionalRMSprop([jnp.ones(3), jnp.ones(2)], foreach=foreach)
+    opt.centered = True  # no state yet: simply centered from the start
+    opt.centered = False
+    opt.step([jnp.ones(3), None])
+    before = _snapshot(opt)
+    with pytest.raises(ValueError, match=r"centered=True needs a grad_avg .* parameters \[0\]"):
+        opt.centered = True
+    assert opt.centered is False
+    _assert_unchanged(opt, before)
+    opt.step([jnp.ones(3), jnp.ones(2)])  # still usable, still not centered
+    assert "grad_avg" not in opt.state[1]
+
+
+def test_switching_foreach_mid_run_moves_the_state_and_changes_no_number():
+    rng = np.random.default_rng(31)
+    init = [_draw(rng, s, d) for s, d in SPECS]
+    config = {"momentum": 0.3, "centered": True, "weight_decay": 0.01}
+    switched = FunctionalRMSprop([jnp.asarray(x) for x in init], **config)
+    steady = FunctionalRMSprop([jnp.asarray(x) for x in init], **config)
+    masks = _patterns(rng, 3)
+    for step in range(9):
+        if step in (3, 6):
+            switched.foreach = not switched.foreach
+        grads = [
+            jnp.asarray(_draw(rng, s, d)) if m else None
+            for (s, d), m in zip(SPECS, masks[step % 3])
+        ]
+        switched.step(grads)
+        steady.step(grads)
+    assert switched.foreach is False and len(switched._layout.units) == len(SPECS)
+    switched.foreach = True
+    assert len(switched._layout.units) == 4  # one flat unit per dtype
+    for a, b in zip(_param_leaves(switched), _param_leaves(steady)):
+        np.testing.assert_array_equal(a, b)
+    ours, theirs = switched.state_dict(), steady.state_dict()
+    assert ours["state"].keys() == theirs["state"].keys()
+    for i, entry in theirs["state"].items():
+        assert ours["state"][i].keys() == entry.keys()
+        for key, value in entry.items():
+            np.testing.assert_array_equal(ours["state"][i][key], value)
+
+
+def _is_none(x):
+    return x is None
+
+
+def test_equinox_partitioned_params_with_none_fields():
+    eqx = pytest.importorskip("equinox")
+    model = eqx.nn.MLP(3, 2, width_size=8, depth=2, key=jax.random.PRNGKey(0))
+    params, static = eqx.partition(model, eqx.is_array)
+    treedef = jax.tree.structure(params)
+    assert None in jax.tree.leaves(params, is_leaf=lambda x: x is None)  # fields without arrays
+    as_list = [jnp.copy(x) for x in jax.tree.leaves(params)]
+    reference = FunctionalRMSprop(as_list, momentum=0.5, foreach=True)
+    opt = FunctionalRMSprop(params, momentum=0.5, foreach=True)
+    x = jax.random.normal(jax.random.PRNGKey(1), (16, 3))
+
+    def loss(p):
+        return jnp.mean(jax.vmap(eqx.combine(p, static))(x) ** 2)
+
+    for step in range(6):
+        grads = eqx.filter(jax.grad(loss)(opt.param_group["params"]), eqx.is_array)
+        if step % 2:  # no gradient for the first layer's bias: torch's skip
+            grads = eqx.tree_at(lambda m: m.layers[0].bias, grads, None)
+        opt.step(grads)
+        reference.step(treedef.flatten_up_to(grads))
+    new = opt.param_group["params"]
+    assert jax.tree.structure(new) == treedef  # still the partitioned MLP, Nones included
+    for a, b in zip(jax.tree.leaves(new), as_list):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    assert int(opt.state[1]["step"]) == 3 and int(opt.state[0]["step"]) == 6
+    with pytest.raises(ValueError, match="structure of the gradients does not match"):
+        opt.step(eqx.tree_at(lambda m: m.activation, grads, jnp.ones(1), is_leaf=_is_none))
 
 
 def test_repr_shows_hyperparameters_and_state_size():

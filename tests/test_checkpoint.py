@@ -1,5 +1,9 @@
 """Checkpoints with orbax: a run resumed from a checkpoint is bit for bit the
-run that never stopped, for the optax state and for the adapter's state_dict()."""
+run that never stopped, for the optax state and for the adapter's state_dict();
+a sharded checkpoint resumes on another number of devices."""
+
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +13,11 @@ import orbax.checkpoint as ocp
 from torch_reference import jitted_step
 
 import jrmsprop
+
+PROGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parallel_progs")
+sys.path.insert(0, PROGS)
+
+from runner import check_ran, device_env, run_processes
 
 # One pytree with every kind of leaf a checkpoint must carry bit for bit.
 LEAVES = [((4, 3), jnp.float32), ((3,), jnp.complex64), ((2, 2), jnp.bfloat16), ((5,), jnp.float64)]
@@ -116,3 +125,33 @@ def test_resumed_adapter_run_is_bitwise_identical(tmp_path):
 
     _assert_bitwise_equal(resumed.param_group["params"], straight.param_group["params"])
     _assert_bitwise_equal(resumed.state_dict(), straight.state_dict())
+
+
+def _ckpt_prog(mode: str, devices: int, directory, out) -> dict:
+    cmd = [sys.executable, os.path.join(PROGS, "ckpt_prog.py"), mode, str(directory), str(out)]
+    check_ran(run_processes([(cmd, device_env(devices))]), f"ckpt_prog.py {mode} ({devices})")
+    with np.load(out) as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_sharded_checkpoint_saved_on_4_devices_resumes_on_2_and_on_1(tmp_path):
+    """The README's recipe: target shardings from split_shardings on the mesh at hand.
+
+    FSDP params and ZeRO-1 state, saved on 4 devices; resumed on 2 and on 1 the run
+    continues equal to the uninterrupted 4-device run (float64; the device count
+    changes only the order of the batch reduction). Without target shardings orbax
+    reuses the saved ones and refuses the new topology.
+    """
+    straight = _ckpt_prog("save", 4, tmp_path / "ckpt", tmp_path / "straight.npz")
+    values = [k for k in straight if k.startswith(("params", "state"))]
+    assert ".count" in "".join(values)
+    for devices in (2, 1):
+        resumed = _ckpt_prog("resume", devices, tmp_path / "ckpt", tmp_path / f"{devices}.npz")
+        assert int(resumed["devices"]) == devices
+        assert set(resumed["restored/devices"].tolist()) == {devices}
+        assert resumed["restored/same_layout"].all()
+        assert "Topology mismatch" in str(resumed["plain_restore_error"])
+        for key in values:
+            np.testing.assert_allclose(
+                resumed[key], straight[key], rtol=1e-12, atol=1e-14, err_msg=key
+            )

@@ -32,7 +32,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-if os.path.basename(sys.argv[0]) in ("dp_prog.py", "multihost_prog.py"):
+if os.path.basename(sys.argv[0]).endswith("_prog.py"):
     _die_with_parent()
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))  # the repository root

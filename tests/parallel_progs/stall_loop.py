@@ -20,9 +20,10 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # tests/, for test_parallel's runner
+sys.path.insert(0, os.path.dirname(HERE))  # tests/, for test_parallel
 
-from test_parallel import DEVICES, _env, run_processes, two_process_commands
+from runner import device_env, run_processes
+from test_parallel import DEVICES, two_process_commands
 
 MODES = ["pmap", "shard_map", "jit", "zero1", "fsdp", "zero1_explicit"]
 
@@ -42,7 +43,7 @@ def one_suite(tmp: str) -> dict:
     outcomes = {}
     for mode in MODES:
         cmd = [sys.executable, os.path.join(HERE, "dp_prog.py"), mode, f"{tmp}/{mode}.npz"]
-        outcomes[mode] = classify(run_processes([(cmd, _env(DEVICES))]))
+        outcomes[mode] = classify(run_processes([(cmd, device_env(DEVICES))]))
     outcomes["multihost"] = classify(run_processes(two_process_commands(tmp)))
     return outcomes
 
@@ -61,7 +62,7 @@ def main() -> None:
             if args.repro:
                 cmd = [sys.executable, os.path.join(HERE, "runahead_repro.py")]
                 cmd += ["--sync"] if args.sync else []
-                outcomes = {"repro": classify(run_processes([(cmd, _env(DEVICES))]))}
+                outcomes = {"repro": classify(run_processes([(cmd, device_env(DEVICES))]))}
             else:
                 outcomes = one_suite(tmp)
             for name, outcome in outcomes.items():

@@ -1,0 +1,311 @@
+"""The units of a :class:`~jrmsprop.FunctionalRMSprop` step: where state lives, how it is stepped.
+
+A unit is a set of parameters whose state shares buffers and is stepped by
+one compiled computation:
+
+* ``foreach=False``: every parameter is a unit of its own, with buffers of its
+  shape, and one compiled call steps every unit that gets a gradient.
+* ``foreach=True``: parameters of one dtype share flat 1-D buffers (their
+  segments laid end to end, in leaf order), and each unit is stepped by its
+  own compiled call over the concatenated gradients. Units of the same
+  signature share one executable, so the first step compiles a handful of
+  small programs instead of one with an output per leaf.
+
+The math is :func:`jrmsprop.transform.step_leaf`'s; nothing here writes it
+again. A unit's state is a triple ``(square_avg, grad_avg, momentum_buffer)``
+with ``None`` for a buffer it does not keep. In a flat buffer, the segment of
+a parameter that never had that buffer is zero: it is written only when the
+parameter steps with that buffer in use.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrmsprop.transform import step_leaf
+
+# foreach=True: a leaf this large is a unit of its own (concatenating it would
+# only add a copy), and at most this many small leaves share one unit. XLA's
+# CPU compile time grows faster than linearly with the number of outputs of
+# one executable (each output leaf is its own kernel), so bounded units keep
+# the first step's compile short.
+LARGE_LEAF = 1 << 16
+UNIT_LEAVES = 64
+
+# The three buffers of a unit's state, in order.
+BUFFERS = ("square_avg", "grad_avg", "momentum_buffer")
+# The hyperparameters, in the order of the array handed to :func:`step_units`.
+HYPER_ORDER = ("lr", "alpha", "eps", "weight_decay", "momentum")
+
+
+def group_positions(dtypes: Sequence[Any], sizes: Sequence[int], foreach: bool) -> list[list[int]]:
+    """Which parameter positions share one unit.
+
+    Args:
+      dtypes: per position, the parameter's dtype.
+      sizes: per position, the parameter's number of elements.
+      foreach: ``False``: one unit per parameter. ``True``: parameters of
+        one dtype, in order, at most ``UNIT_LEAVES`` per unit; a parameter of
+        at least ``LARGE_LEAF`` elements is a unit of its own.
+
+    Returns:
+      The units, each a list of positions in increasing order.
+    """
+    if not foreach:
+        return [[i] for i in range(len(dtypes))]
+    open_units: dict = {}
+    units: list[list[int]] = []
+    for i, (dtype, size) in enumerate(zip(dtypes, sizes)):
+        if size >= LARGE_LEAF:
+            units.append([i])
+            continue
+        unit = open_units.get(jnp.dtype(dtype))
+        if unit is None or len(unit) >= UNIT_LEAVES:
+            unit = open_units[jnp.dtype(dtype)] = []
+            units.append(unit)
+        unit.append(i)
+    return units
+
+
+def _runs(members: Sequence[int], sizes: Sequence[int], stepping: Sequence[int]) -> tuple:
+    """The flat ``(start, stop)`` ranges of the stepping members, contiguous ones merged."""
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    runs: list[list[int]] = []
+    for k in stepping:
+        start, stop = offsets[k], offsets[k + 1]
+        if runs and runs[-1][1] == start:
+            runs[-1][1] = stop
+        else:
+            runs.append([start, stop])
+    return tuple((a, b) for a, b in runs)
+
+
+class Layout:
+    """Where each parameter's state lives.
+
+    Attributes:
+      units: per unit, the positions (indices in ``jax.tree.leaves(params)``
+        order) that share its buffers.
+      unit_of: per position, its unit.
+      offset: per position, where its segment starts in its unit's flat
+        buffers (0 in a unit of one parameter).
+      shapes, dtypes: per position, the parameter's shape and dtype.
+    """
+
+    def __init__(self, shapes: Sequence[tuple], dtypes: Sequence[Any], foreach: bool) -> None:
+        self.shapes = [tuple(s) for s in shapes]
+        self.dtypes = [jnp.dtype(d) for d in dtypes]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.units = group_positions(self.dtypes, self.sizes, foreach)
+        self.unit_of = np.empty(len(self.shapes), np.int64)
+        self.offset = np.zeros(len(self.shapes), np.int64)
+        for u, members in enumerate(self.units):
+            at = 0
+            for i in members:
+                self.unit_of[i] = u
+                self.offset[i] = at
+                at += self.sizes[i]
+        # runs per (unit, stepping members): computed once per None pattern.
+        self._runs: dict = {}
+
+    def is_flat(self, u: int) -> bool:
+        """Whether unit ``u`` keeps flat buffers (more than one parameter)."""
+        return len(self.units[u]) > 1
+
+    def buffer_shape(self, u: int) -> tuple:
+        """The shape of unit ``u``'s buffers."""
+        members = self.units[u]
+        if not self.is_flat(u):
+            return self.shapes[members[0]]
+        return (sum(self.sizes[i] for i in members),)
+
+    def zeros(self, u: int) -> jax.Array:
+        """A zero buffer for unit ``u``."""
+        return jnp.zeros(self.buffer_shape(u), self.dtypes[self.units[u][0]])
+
+    def runs(self, u: int, stepping: tuple) -> tuple | None:
+        """The static layout :func:`step_units` needs for unit ``u``.
+
+        Args:
+          u: the unit.
+          stepping: indices into ``units[u]`` of the members with a gradient.
+
+        Returns:
+          ``None`` for a unit of one parameter, else the flat ``(start,
+          stop)`` ranges of the stepping members.
+        """
+        if not self.is_flat(u):
+            return None
+        key = (u, stepping)
+        runs = self._runs.get(key)
+        if runs is None:
+            members = self.units[u]
+            runs = self._runs[key] = _runs(members, [self.sizes[i] for i in members], stepping)
+        return runs
+
+    def split(self, u: int, buffer: jax.Array | None) -> list:
+        """Per member of unit ``u``, a new array (in its shape) holding its part of ``buffer``."""
+        members = self.units[u]
+        if buffer is None:
+            return [None] * len(members)
+        if not self.is_flat(u):
+            return [jnp.copy(buffer)]
+        return list(_split_flat(buffer, tuple(self.sizes[i] for i in members), self.shapes_of(u)))
+
+    def split_host(self, u: int, buffer: jax.Array | None) -> list:
+        """:meth:`split` into numpy arrays: one transfer per buffer."""
+        members = self.units[u]
+        if buffer is None:
+            return [None] * len(members)
+        host = np.array(buffer)
+        if not self.is_flat(u):
+            return [host]
+        return [
+            host[start : start + size].reshape(shape)
+            for start, size, shape in zip(
+                self.offset[members].tolist(),
+                (self.sizes[i] for i in members),
+                self.shapes_of(u),
+            )
+        ]
+
+    def pack(self, u: int, parts: Sequence[Any]) -> jax.Array | None:
+        """Unit ``u``'s buffer from its members' parts (``None``: zeros), or ``None`` if all are."""
+        if all(p is None for p in parts):
+            return None
+        members = self.units[u]
+        dtype = self.dtypes[members[0]]
+        if not self.is_flat(u):
+            return jnp.asarray(parts[0], dtype)
+        return jnp.concatenate(
+            [
+                jnp.zeros(self.sizes[i], dtype) if p is None else jnp.ravel(jnp.asarray(p, dtype))
+                for i, p in zip(members, parts)
+            ]
+        )
+
+    def shapes_of(self, u: int) -> tuple:
+        """The shapes of unit ``u``'s members, in order."""
+        return tuple(self.shapes[i] for i in self.units[u])
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _split_flat(buffer: jax.Array, sizes: tuple, shapes: tuple) -> tuple:
+    pieces = jnp.split(buffer, np.cumsum(sizes)[:-1].tolist())
+    return tuple(piece.reshape(shape) for piece, shape in zip(pieces, shapes))
+
+
+def _step_unit(params, grads, state, hyper, runs, maximize):
+    """One unit: new stepping params and the new used buffers (``None`` where unused)."""
+    square_avg, grad_avg, momentum_buffer = state
+    if runs is None:
+        (p,), (g,) = params, grads
+
+        def take(buf):
+            return buf
+
+        def put(old, new):
+            return new
+    else:
+        p = jnp.concatenate([x.ravel() for x in params])
+        g = jnp.concatenate([x.ravel() for x in grads])
+        full = runs == ((0, square_avg.shape[0]),)
+
+        def take(buf):
+            if buf is None or full:
+                return buf
+            return jnp.concatenate([buf[a:b] for a, b in runs])
+
+        def put(old, new):
+            if new is None or full:
+                return new
+            at = 0
+            for a, b in runs:
+                old = jax.lax.dynamic_update_slice(old, new[at : at + b - a], (a,))
+                at += b - a
+            return old
+
+    update, new_sq, new_ga, new_mb = step_leaf(
+        p, g, take(square_avg), take(grad_avg), take(momentum_buffer), hyper, maximize
+    )
+    new_p = p + update
+    if runs is None:
+        new_params = (new_p,)
+    else:
+        pieces = jnp.split(new_p, np.cumsum([x.size for x in params])[:-1].tolist())
+        new_params = tuple(piece.reshape(x.shape) for piece, x in zip(pieces, params))
+    new_state = (
+        put(square_avg, new_sq),
+        put(grad_avg, new_ga),
+        put(momentum_buffer, new_mb),
+    )
+    return new_params, new_state
+
+
+def _step_units_impl(params, grads, states, hyper, *, runs, maximize, decay):
+    # All five stay traced (changing them never recompiles), except a zero
+    # weight decay: torch's `weight_decay != 0` branch. A traced zero would
+    # give the same numbers but costs CPU a full extra pass over memory (XLA
+    # materializes `g + weight_decay * p` because two fusions read it).
+    values = {name: hyper[k] for k, name in enumerate(HYPER_ORDER)}
+    if not decay:
+        values["weight_decay"] = 0.0
+    if runs is None:  # units of one parameter each, given flat
+        stepped = [
+            _step_unit((p,), (g,), s, values, None, maximize)
+            for p, g, s in zip(params, grads, states)
+        ]
+        return tuple(p for (p,), _ in stepped), tuple(s for _, s in stepped)
+    stepped = [
+        _step_unit(p, g, s, values, r, maximize) for p, g, s, r in zip(params, grads, states, runs)
+    ]
+    return tuple(p for p, _ in stepped), tuple(s for _, s in stepped)
+
+
+# Module level, so optimizers of the same structure share executables.
+# Params (0) and state (2) are donated: a step holds one copy of each.
+_step_units = jax.jit(
+    _step_units_impl,
+    static_argnames=("runs", "maximize", "decay"),
+    donate_argnums=(0, 2),
+)
+
+
+def step_units(
+    params: tuple,
+    grads: tuple,
+    states: tuple,
+    hyper: np.ndarray,
+    *,
+    runs: tuple | None,
+    maximize: bool,
+    decay: bool,
+) -> tuple[tuple, tuple]:
+    """Steps units in one compiled call; params and states are donated.
+
+    Args:
+      params: per unit, a tuple of its stepping members' parameters; with
+        ``runs=None`` (every unit one parameter), the parameters themselves.
+      grads: their gradients, in the same layout (same shapes and dtypes).
+      states: per unit, ``(square_avg, grad_avg, momentum_buffer)`` with
+        ``None`` for each buffer this step does not use: ``grad_avg`` unless
+        centered, ``momentum_buffer`` unless ``momentum > 0`` (which buffers
+        are given decides torch's ``centered`` and ``momentum > 0`` branches).
+      hyper: the values of ``HYPER_ORDER``, traced.
+      runs: ``None`` when every unit is one parameter, else per unit
+        :meth:`Layout.runs`.
+      maximize: torch's ``maximize``.
+      decay: whether ``weight_decay != 0`` (the term exists only then).
+
+    Returns:
+      ``(params, states)`` in the layout of the inputs: the new stepping
+      parameters and the new used buffers (``None`` where the input was ``None``).
+    """
+    return _step_units(params, grads, states, hyper, runs=runs, maximize=maximize, decay=decay)
