@@ -74,8 +74,10 @@ def main(before: int, after: int) -> None:
 
     # 3. JAX carries on from the checkpoint. torch's parameter i is
     #    jax.tree.leaves(params)[i]: build params in model.parameters() order.
+    #    jnp.array copies: jnp.asarray may share the tensor's memory, which an
+    #    in-place torch step would then change under JAX.
     names = [name for name, _ in make_model().named_parameters()]
-    params = [jnp.asarray(checkpoint["model"][name].numpy()) for name in names]
+    params = [jnp.array(checkpoint["model"][name].numpy()) for name in names]
     hyperparams, opt_state = jrmsprop.from_torch_state_dict(checkpoint["optimizer"], params)
     tx = jrmsprop.rmsprop(**hyperparams)
     print("hyperparameters read from torch:", hyperparams)

@@ -1,29 +1,168 @@
-"""The README's core examples run as written."""
+"""The README's top and core sections: their commands and code run as written,
+and each sentence that promises behaviour is checked here or names its test."""
 
+import inspect
+import itertools
 import pathlib
 import re
+import subprocess
+import sys
+from typing import NamedTuple
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
+import tomllib
+import torch
+from torch_reference import jitted_step
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+import jrmsprop
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def _section(name):
+    text = README.read_text()
+    if name == "top":
+        return text[: text.index("<!-- section: core -->")]
+    return text[text.index(f"<!-- section: {name} -->") : text.index(f"<!-- end: {name} -->")]
 
 
 def _core_blocks():
-    text = README.read_text()
-    core = text[text.index("<!-- section: core -->") : text.index("<!-- end: core -->")]
-    return re.findall(r"```python\n(.*?)```", core, flags=re.DOTALL)
+    return re.findall(r"```python\n(.*?)```", _section("core"), flags=re.DOTALL)
+
+
+def _first_bash_block():
+    return re.search(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL).group(1)
+
+
+def _floors():
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return dict(re.fullmatch(r"([\w-]+)>=([\d.]+)", d).groups() for d in deps if ">=" in d)
 
 
 def test_readme_opens_with_the_demo_and_test_commands():
-    text = README.read_text()
-    first_block = re.search(r"```bash\n(.*?)```", text, flags=re.DOTALL).group(1)
+    first_block = _first_bash_block()
     assert "examples/quickstart.py" in first_block
-    ci = (README.parent / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
     test_command = next(line for line in first_block.splitlines() if "pytest" in line)
     assert test_command.strip() in ci, ".ci/run must run the README's test command"
 
 
+def test_min_versions_command_installs_the_floors_pyproject_declares():
+    assert "bash .ci/min-versions" in _first_bash_block()
+    script = ROOT / ".ci" / "min-versions"
+    assert script.stat().st_mode & 0o111, "executable"
+    text = script.read_text()
+    assert ".venv-min/bin/python -m pytest" in text
+    # The script reads the floors from pyproject.toml: run that part of it.
+    reader = re.search(r"<<'PY'\n(.*?)\nPY\n", text, flags=re.DOTALL).group(1)
+    out = subprocess.run(
+        [sys.executable, "-c", reader], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    floors = _floors()
+    assert set(floors) == {"jax", "jaxlib", "optax", "chex"}
+    assert out == [f"{name}=={version}" for name, version in floors.items()]
+    # The README states the same floors.
+    top = _section("top")
+    for name, version in floors.items():
+        assert re.search(rf"\b{name}\b[^.]*?>=\s+{re.escape(version)}\b", top), name
+
+
 @pytest.mark.parametrize("index", range(len(_core_blocks())))
-def test_readme_core_block_runs(index):
+def test_readme_core_block_runs_and_prints_what_it_shows(index, capsys):
+    block = _core_blocks()[index]
     # The README is this repository's own text: running it is the point.
-    exec(compile(_core_blocks()[index], f"README.md core block {index}", "exec"), {})  # noqa: S102
+    exec(compile(block, f"README.md core block {index}", "exec"), {})  # noqa: S102
+    # A "# ..." line right after a print shows that print's output.
+    lines = block.splitlines()
+    pairs = itertools.pairwise(lines)
+    shown = [b[2:] for a, b in pairs if a.startswith("print(") and b.startswith("# ")]
+    printed = capsys.readouterr().out.splitlines()
+    for line in shown:
+        assert line in printed
+
+
+def test_complex_one_line_fix_is_in_a_block_that_runs():
+    fix = "grads = jax.tree.map(jnp.conj, grads)"
+    assert f"`{fix}`" in _section("core")
+    assert any(fix in block for block in _core_blocks())
+
+
+@pytest.mark.parametrize("name", ["lr", "alpha", "eps", "weight_decay", "momentum"])
+def test_nan_hyperparameter_is_torchs_value_error(name):
+    with pytest.raises(ValueError) as torch_error:
+        torch.optim.RMSprop([torch.zeros(1, requires_grad=True)], **{name: float("nan")})
+    with pytest.raises(ValueError, match=f"^{re.escape(str(torch_error.value))}$"):
+        jrmsprop.rmsprop(**{name: float("nan")})
+
+
+def test_none_gradient_is_a_minus_zero_update_that_leaves_param_state_and_step():
+    f32 = jnp.float32
+    params = [jnp.ones(4, f32), jnp.ones(2, f32)]
+    opt = jrmsprop.rmsprop(lr=0.1, momentum=0.9, centered=True, weight_decay=0.1)
+    state = opt.init(params)
+    updates, state = opt.update([jnp.ones(4, f32), jnp.ones(2, f32)], state, params)
+    params = optax.apply_updates(params, updates)
+    params[0] = jnp.array([-0.0, 0.0, 1.5, -2.0], f32)  # signed zeros must survive too
+    updates, after = jax.jit(opt.update)([None, jnp.ones(2, f32)], state, params)
+    assert not np.any(updates[0]) and np.all(np.signbit(updates[0]))  # all -0.0
+    new = optax.apply_updates(params, updates)
+    assert np.asarray(new[0]).tobytes() == np.asarray(params[0]).tobytes()
+    assert np.asarray(new[1]).tobytes() != np.asarray(params[1]).tobytes()
+    assert np.asarray(after.step).tolist() == [1, 2]
+    for field in ("square_avg", "momentum_buffer", "grad_avg"):
+        before, now = getattr(state, field)[0], getattr(after, field)[0]
+        assert np.asarray(now).tobytes() == np.asarray(before).tobytes(), field
+
+
+def _run(opt, params, grads):
+    state = opt.init(params)
+    step = jitted_step(opt)
+    for g in grads:
+        params, state = step(params, state, g)
+    return params
+
+
+def test_lr_as_a_scalar_array_equals_the_float():
+    params = [jnp.array([1.0, -2.0, 0.5], jnp.float32)]
+    grads = [[jnp.array([0.3, -1.0, 2.0], jnp.float32) * (k + 1)] for k in range(5)]
+    as_float = _run(jrmsprop.rmsprop(lr=0.05, momentum=0.5), params, grads)
+    as_array = _run(
+        jrmsprop.rmsprop(lr=jnp.asarray(0.05, jnp.float32), momentum=0.5), params, grads
+    )
+    np.testing.assert_array_equal(as_array[0], as_float[0])
+
+
+class Layer(NamedTuple):
+    w: jax.Array
+    b: jax.Array
+
+
+def test_namedtuple_and_equinox_params_step_as_their_leaves():
+    model = eqx.nn.Linear(3, 2, key=jax.random.key(0))
+    params = eqx.filter(model, eqx.is_array)  # arrays, None for the module's other fields
+    leaves = jax.tree.leaves(params)
+    tuple_params = Layer(*leaves)
+    rng = np.random.default_rng(0)
+    grads = [[jnp.asarray(rng.standard_normal(x.shape), x.dtype) for x in leaves] for _ in range(3)]
+    opt = jrmsprop.rmsprop(lr=0.01, momentum=0.9, centered=True)
+    flat = _run(opt, leaves, grads)
+    as_tuple = _run(opt, tuple_params, [Layer(*g) for g in grads])
+    as_eqx = _run(opt, params, [jax.tree.unflatten(jax.tree.structure(params), g) for g in grads])
+    assert isinstance(as_tuple, Layer)
+    for ours in (jax.tree.leaves(as_tuple), jax.tree.leaves(as_eqx)):
+        for a, b in zip(ours, flat, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_signature_shown_is_rmsprops():
+    shown = re.search(r"`jrmsprop\.rmsprop\((.*?)\)`", _section("core"), flags=re.DOTALL).group(1)
+    defaults = eval(f"dict({shown})")
+    actual = inspect.signature(jrmsprop.rmsprop).parameters
+    assert defaults == {name: p.default for name, p in actual.items()}
+    assert list(defaults) == list(actual)
