@@ -692,7 +692,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.record and args.out is not None:
         p.error("--record writes to benchmarks/; leave out --out")
     if args.out is None:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
         args.out = RECORD if args.record else os.path.join(RECORD, "runs", stamp)
     args.repeats = args.repeats or (3 if args.tiny else 20)
     args.sweep = args.sweep if args.sweep is not None else ([1, 4, 20] if args.tiny else [1, 10, 100, 1000, 3000, 10000])
@@ -777,7 +777,7 @@ def _document(args, argv, results, missing, skipped, load_before, started) -> di
     summary = summarize(results, args.sweep_elements, max(args.sweep, default=1))
     doc = {
         "meta": {
-            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "command": "python -m jrmsprop.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
             "wall_s": time.perf_counter() - started,
             "loadavg_before": load_before,

@@ -72,8 +72,9 @@ def largest_divisible(path: str, shape: tuple, axis: str, size: int) -> Partitio
 
     Example::
 
-      >>> largest_divisible(".square_avg['embed']", (50257, 64), "data", 4)
-      PartitionSpec(None, 'data')
+      >>> import jrmsprop
+      >>> tuple(jrmsprop.parallel.largest_divisible(".square_avg['embed']", (50257, 64), "data", 4))
+      (None, 'data')
     """
     del path
     fits = [d for d, n in enumerate(shape) if n % size == 0]
@@ -187,8 +188,13 @@ def split_shardings(
 
     Example::
 
-      >>> mesh = jax.make_mesh((jax.device_count(),), ("data",))
+      >>> import jax, jax.numpy as jnp, jrmsprop
+      >>> params = {"embed": jnp.ones((8, 4)), "scale": jnp.ones(3)}
+      >>> opt = jrmsprop.rmsprop(lr=0.1, momentum=0.9)
+      >>> mesh = jax.make_mesh((1,), ("data",))
       >>> layout = jrmsprop.split_shardings(opt.init(params), mesh, "data")
+      >>> tuple(layout.square_avg["embed"].spec)  # one device: the first dimension is split
+      ('data',)
     """
     return jax.tree.map(lambda spec: NamedSharding(mesh, spec), _specs(tree, mesh, axis, rule))
 
@@ -213,7 +219,12 @@ def replicated_leaves(
 
     Example::
 
+      >>> import jax, jax.numpy as jnp, jrmsprop
+      >>> params = {"embed": jnp.ones((8, 4)), "scale": jnp.ones(3)}
+      >>> opt = jrmsprop.rmsprop(lr=0.1, momentum=0.9)
+      >>> mesh = jax.make_mesh((1,), ("data",))
       >>> jrmsprop.parallel.replicated_leaves(opt.init(params), mesh, "data")
+      {'.count': 4, '.step': 8}
     """
     specs = jax.tree_util.tree_leaves_with_path(_specs(tree, mesh, axis, rule))
     return {

@@ -7,6 +7,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tomllib
 from typing import NamedTuple
 
 import equinox as eqx
@@ -15,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import tomllib
 import torch
 from torch_reference import jitted_step
 
