@@ -127,6 +127,19 @@ def _torch_run(params, targets, steps=STEPS, skip=(), param_groups=None, **kwarg
     return tensors, opt
 
 
+def _beside_optax(ours, theirs, targets):
+    """A jitted step of jrmsprop and optax on the same gradients."""
+
+    @jax.jit
+    def step(params, state, optax_state):
+        grads = jax.grad(_loss)(params, targets)
+        updates, state = ours.update(grads, state, params)
+        optax_updates, optax_state = theirs.update(grads, optax_state, params)
+        return optax.apply_updates(params, updates), state, optax_state, updates, optax_updates
+
+    return step
+
+
 def _assert_numbers(params, tensors, indices=None) -> None:
     leaves = jax.tree.leaves(params)
     for i in range(len(leaves)) if indices is None else indices:
@@ -149,12 +162,7 @@ def test_rmsprop_keeps_optax_structure_and_matches_torch(tree):
     assert jax.tree.structure(state.square_avg) == jax.tree.structure(optax_state[0].nu)
     assert jax.tree.structure(state.square_avg) == jax.tree.structure(params)
 
-    @jax.jit
-    def step(params, state, optax_state):
-        grads = jax.grad(_loss)(params, targets)
-        updates, state = ours.update(grads, state, params)
-        optax_updates, optax_state = theirs.update(grads, optax_state, params)
-        return optax.apply_updates(params, updates), state, optax_state, updates, optax_updates
+    step = _beside_optax(ours, theirs, targets)
 
     for _ in range(STEPS):
         params, state, optax_state, updates, optax_updates = step(params, state, optax_state)
@@ -239,12 +247,7 @@ def test_masked_rmsprop_keeps_optax_structure_and_matches_torch_on_the_masked_in
     assert isinstance(square_avg["b"], optax.MaskedNode)
     assert jax.tree.structure(square_avg) == jax.tree.structure(optax_state.inner_state[0].nu)
 
-    @jax.jit
-    def step(params, state, optax_state):
-        grads = jax.grad(_loss)(params, targets)
-        updates, state = ours.update(grads, state, params)
-        optax_updates, optax_state = theirs.update(grads, optax_state, params)
-        return optax.apply_updates(params, updates), state, optax_state, updates, optax_updates
+    step = _beside_optax(ours, theirs, targets)
 
     for _ in range(STEPS):
         params, state, optax_state, updates, optax_updates = step(params, state, optax_state)
@@ -280,12 +283,7 @@ def test_multi_transform_with_rmsprop_equals_torch_param_groups():
         nu = optax_state.inner_states[label].inner_state[0].nu
         assert jax.tree.structure(square_avg) == jax.tree.structure(nu)
 
-    @jax.jit
-    def step(params, state, optax_state):
-        grads = jax.grad(_loss)(params, targets)
-        updates, state = ours.update(grads, state, params)
-        optax_updates, optax_state = theirs.update(grads, optax_state, params)
-        return optax.apply_updates(params, updates), state, optax_state, updates, optax_updates
+    step = _beside_optax(ours, theirs, targets)
 
     for _ in range(STEPS):
         params, state, optax_state, updates, optax_updates = step(params, state, optax_state)
