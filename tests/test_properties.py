@@ -75,8 +75,10 @@ class _Bound:
     gradient; it updates the bounds of params and state for one step.
     """
 
-    def __init__(self, shapes_: list[tuple], hyper: dict, u: float, complex_: bool):
-        self.hyper, self.u = hyper, u
+    def __init__(self, shapes_: list[tuple], hyper: dict, u: float, tiny: float, complex_: bool):
+        # ``tiny``: a hyperparameter below the dtype's smallest normal number may round
+        # (or flush) to zero, an absolute error of up to ``tiny`` times what it multiplies.
+        self.hyper, self.u, self.tiny = hyper, u, tiny
         shape = lambda s: (*s, 2) if complex_ else s
         self.p = [np.zeros(shape(s)) for s in shapes_]
         self.v = [np.zeros(shape(s)) for s in shapes_]
@@ -84,18 +86,19 @@ class _Bound:
         self.buf = [np.zeros(shape(s)) for s in shapes_]
 
     def step(self, i: int, p, g, v, ga, buf):
-        h, u, k = self.hyper, self.u, _ROUNDINGS
+        h, u, k, t = self.hyper, self.u, _ROUNDINGS, self.tiny
         alpha, eps, wd, mom, lr = h["alpha"], h["eps"], h["weight_decay"], h["momentum"], h["lr"]
         e_p, e_v, e_ga, e_buf = self.p[i], self.v[i], self.ga[i], self.buf[i]
         if h["maximize"]:
             g = -g
         e_g = np.zeros_like(g)
         if wd != 0:
-            e_g = wd * e_p + k * u * (np.abs(g) + wd * np.abs(p))
+            e_g = wd * e_p + k * u * (np.abs(g) + wd * np.abs(p)) + t * np.abs(p)
             g = g + wd * p
         w = 1 - alpha
         new_v = alpha * v + w * g * g
         e_v = alpha * e_v + w * (2 * np.abs(g) * e_g + e_g**2) + k * u * (alpha * v + w * g * g)
+        e_v = e_v + t * (v + g * g)
         if h["centered"]:
             new_ga = ga + w * (g - ga)
             e_ga = alpha * e_ga + w * e_g + k * u * (np.abs(ga) + np.abs(g))
@@ -110,16 +113,16 @@ class _Bound:
         with np.errstate(divide="ignore", invalid="ignore"):
             e_s = np.minimum(np.where(s > 0, e_d / (2 * s), np.inf), np.sqrt(e_d)) + k * u * s
         avg = s + eps
-        e_avg = e_s + k * u * avg
+        e_avg = e_s + k * u * avg + t
         q = np.divide(g, avg, out=np.full_like(g, np.inf), where=avg != 0)
         e_q = _div_error(g, e_g, avg, e_avg, u)
         if mom > 0:
+            e_buf = mom * e_buf + e_q + k * u * (mom * np.abs(buf) + np.abs(q)) + t * np.abs(buf)
             buf = mom * buf + q
-            e_buf = mom * e_buf + e_q + k * u * (mom * np.abs(buf) + np.abs(q))
             step, e_step = buf, e_buf
         else:
             step, e_step = q, e_q
-        e_p = e_p + lr * e_step + k * u * (np.abs(p) + lr * np.abs(step))
+        e_p = e_p + lr * e_step + k * u * (np.abs(p) + lr * np.abs(step)) + t * np.abs(step)
         self.p[i], self.v[i], self.ga[i], self.buf[i] = e_p, e_v, e_ga, e_buf
 
 
@@ -158,7 +161,8 @@ def _check_case(hyper, shapes_, dtype, steps, seed, make_opt=jrmsprop.rmsprop):
     real_dtype = np.finfo(np.dtype(dtype)).dtype
     u = float(np.finfo(real_dtype).eps) / 2
     wide = "complex128" if np.dtype(dtype).kind == "c" else "float64"
-    bound = _Bound(shapes_, hyper, u, np.dtype(dtype).kind == "c")
+    tiny = float(np.finfo(real_dtype).tiny)
+    bound = _Bound(shapes_, hyper, u, tiny, np.dtype(dtype).kind == "c")
 
     # The exact trajectory, step by step, with the bound propagated along it.
     exact_params = [to_torch(np.asarray(x, wide)).requires_grad_(True) for x in init]
