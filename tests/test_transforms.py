@@ -227,7 +227,10 @@ def test_torch_keywords_are_accepted_in_torchs_order():
     import inspect
 
     torch_names = list(inspect.signature(torch.optim.RMSprop.__init__).parameters)[2:]
-    assert list(inspect.signature(jrmsprop.rmsprop).parameters) == torch_names
+    ours = inspect.signature(jrmsprop.rmsprop).parameters
+    # torch's positional order, then optax's name for lr, keyword only.
+    assert list(ours) == [*torch_names, "learning_rate"]
+    assert ours["learning_rate"].kind is inspect.Parameter.KEYWORD_ONLY
     params = [jnp.arange(3.0)]
     grads = [jnp.array([0.5, -1.0, 2.0])]
     results = []
