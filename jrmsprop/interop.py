@@ -27,6 +27,7 @@ from jrmsprop.transform import RMSpropState
 from jrmsprop.validation import (
     check_hyperparams,
     check_state_entry,
+    path_str,
     state_dict_parts,
     step_count,
 )
@@ -104,6 +105,94 @@ def _single_group(state_dict: Mapping) -> Mapping:
     return group
 
 
+def _group_hyperparams(group: Mapping) -> dict:
+    """A torch RMSprop param group's hyperparameters as :func:`jrmsprop.rmsprop`'s kwargs."""
+    hyperparams = {key: _number(group[key]) for key in _FLOAT_KEYS}
+    hyperparams["centered"] = bool(group["centered"])
+    hyperparams["maximize"] = bool(group.get("maximize", False))
+    check_hyperparams(**hyperparams)
+    return hyperparams
+
+
+def _buffer(entry: Mapping, key: str, leaf: jax.Array, who: str, where: str) -> jax.Array:
+    """torch's ``entry[key]`` for ``leaf``: its shape, its dtype or one it holds losslessly.
+
+    A lower-precision buffer (float32 for float64 params, bfloat16 for
+    float32) is upcast exactly, as ``load_state_dict`` casts; a wider one, or
+    one of the other kind (real for complex), would lose information: refused.
+    """
+    value = np.array(_to_numpy(entry[key]))  # a copy: torch steps its tensors in place
+    if tuple(value.shape) != tuple(leaf.shape):
+        raise ValueError(
+            f"{who}: shape mismatch at {where}: torch {key} has shape {tuple(value.shape)}, "
+            f"the JAX leaf has shape {tuple(leaf.shape)}"
+        )
+    dtype = jnp.dtype(value.dtype)
+    if dtype != leaf.dtype:
+        lossless = jnp.iscomplexobj(value) == jnp.iscomplexobj(leaf) and (
+            jnp.promote_types(dtype, leaf.dtype) == leaf.dtype
+        )
+        if not lossless:
+            raise ValueError(
+                f"{who}: dtype mismatch at {where}: torch {key} is {_dtype_name(entry[key])}, the "
+                f"JAX leaf is {leaf.dtype.name}; a torch state is imported into params of "
+                "its own dtype or of a wider one of the same kind (float32 into float64), "
+                "never narrowed: build the params in the checkpoint's dtype"
+            )
+    return jnp.asarray(value).astype(leaf.dtype)
+
+
+def _buffers(
+    entry: Mapping | None, leaf: jax.Array, hyperparams: Mapping, torch_id: Any, who: str,
+    where: str,
+) -> tuple:
+    """``(step, square_avg, momentum_buffer, grad_avg)`` of one parameter from torch's entry.
+
+    No entry (a parameter torch never stepped): zeros and step 0, what torch
+    creates at its first step. Buffers the configuration does not use are ``None``.
+    """
+    momentum, centered = hyperparams["momentum"], hyperparams["centered"]
+    if entry is None:
+        zeros = jnp.zeros_like(leaf)
+        return 0, zeros, zeros if momentum > 0 else None, zeros if centered else None
+    check_state_entry(torch_id, entry, momentum, centered, f"{who}: {where}")
+    return (
+        step_count(entry["step"], f"{who}: {where}"),
+        _buffer(entry, "square_avg", leaf, who, where),
+        _buffer(entry, "momentum_buffer", leaf, who, where) if momentum > 0 else None,
+        _buffer(entry, "grad_avg", leaf, who, where) if centered else None,
+    )
+
+
+def _check_flattening_order(tree: Any, who: str) -> None:
+    """Refuses a dict that JAX flattens in another order than it was built in.
+
+    JAX flattens a ``dict`` in sorted key order; the position-based functions
+    pair torch's parameter ``i`` with leaf ``i``, so a dict built in torch's
+    registration order (``{name: ... for name, _ in model.named_parameters()}``)
+    would pair the wrong tensors, silently where the shapes agree.
+    """
+
+    def reordered(node: Any) -> bool:
+        if type(node) is not dict:
+            return False
+        try:
+            return list(node) != sorted(node)
+        except TypeError:
+            return True
+
+    for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=reordered)[0]:
+        if reordered(node):
+            raise ValueError(
+                f"{who}: the dict at {path_str(path)} has keys in the order {list(node)}, but "
+                f"JAX flattens a dict in sorted order, {sorted(map(str, node))}, and this "
+                "function pairs torch's parameter i with leaf i (torch numbers parameters "
+                "in registration order): some would take another parameter's state. Use "
+                "jrmsprop.interop.from_torch / to_torch, which match by name, or pass a "
+                "list (or OrderedDict) in model.parameters() order"
+            )
+
+
 def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpropState]:
     """Reads ``torch.optim.RMSprop.state_dict()`` as jrmsprop hyperparams and state.
 
@@ -144,11 +233,8 @@ def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpr
       >>> tx = jrmsprop.rmsprop(**hyperparams)  # continue with tx.update(grads, state, params)
     """
     group = _single_group(state_dict)
-    hyperparams = {key: _number(group[key]) for key in _FLOAT_KEYS}
-    hyperparams["centered"] = bool(group["centered"])
-    hyperparams["maximize"] = bool(group.get("maximize", False))
-    check_hyperparams(**hyperparams)
-
+    hyperparams = _group_hyperparams(group)
+    _check_flattening_order(params, "from_torch_state_dict")
     leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
     ids = list(group["params"])
     if len(ids) != len(leaves_with_paths):
@@ -164,47 +250,18 @@ def from_torch_state_dict(state_dict: Mapping, params: Any) -> tuple[dict, RMSpr
             f"parameter of param_groups[0]['params'] = {ids}"
         )
 
-    uses_momentum = hyperparams["momentum"] > 0
-    prefix = "from_torch_state_dict: "
     steps, square_avgs, buffers, grad_avgs = [], [], [], []
     for position, (torch_id, (path, leaf)) in enumerate(zip(ids, leaves_with_paths)):
-        jax_path = jax.tree_util.keystr(path) or "<root>"
-        where = f"torch parameter {position} (id {torch_id}) / JAX leaf {jax_path}"
+        where = f"torch parameter {position} (id {torch_id}) / JAX leaf {path_str(path)}"
         entry = state_dict["state"].get(torch_id)
-        leaf = jnp.asarray(leaf)
-
-        def read(key: str, entry=entry, leaf=leaf, where=where) -> jax.Array:
-            if entry is None:
-                return jnp.zeros_like(leaf)
-            if entry.get(key) is None:
-                raise ValueError(
-                    f"from_torch_state_dict: {where}: the torch state has no "
-                    f"'{key}' (it has {sorted(entry)}), which this configuration needs"
-                )
-            value = np.array(_to_numpy(entry[key]))  # a copy: torch steps its tensors in place
-            if tuple(value.shape) != tuple(leaf.shape):
-                raise ValueError(
-                    f"from_torch_state_dict: shape mismatch at {where}: torch "
-                    f"{key} has shape {tuple(value.shape)}, the JAX leaf has shape "
-                    f"{tuple(leaf.shape)}"
-                )
-            if jnp.dtype(value.dtype) != leaf.dtype:
-                raise ValueError(
-                    f"from_torch_state_dict: dtype mismatch at {where}: torch {key} "
-                    f"is {_dtype_name(entry[key])}, the JAX leaf is {leaf.dtype.name}"
-                )
-            return jnp.asarray(value)
-
-        if entry is not None:
-            check_state_entry(
-                torch_id, entry, hyperparams["momentum"], hyperparams["centered"], prefix + where
-            )
-        steps.append(0 if entry is None else step_count(entry["step"], f"{prefix}{where}"))
-        square_avgs.append(read("square_avg"))
-        if uses_momentum:
-            buffers.append(read("momentum_buffer"))
-        if hyperparams["centered"]:
-            grad_avgs.append(read("grad_avg"))
+        step, square_avg, buffer, grad_avg = _buffers(
+            entry, jnp.asarray(leaf), hyperparams, torch_id, "from_torch_state_dict", where
+        )
+        steps.append(step)
+        square_avgs.append(square_avg)
+        buffers.append(buffer)
+        grad_avgs.append(grad_avg)
+    uses_momentum = hyperparams["momentum"] > 0
 
     unflatten = lambda leaves: jax.tree.unflatten(treedef, leaves)
     state = RMSpropState(
@@ -288,6 +345,7 @@ def to_torch_state_dict(hyperparams: Mapping, state: RMSpropState) -> dict:
             "(it was created with centered=False)"
         )
 
+    _check_flattening_order(state.square_avg, "to_torch_state_dict")
     torch = _import_torch()
     square_avgs, treedef = jax.tree.flatten(state.square_avg)
     steps = np.asarray(state.step).tolist()

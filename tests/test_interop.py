@@ -203,10 +203,24 @@ def test_shape_mismatch_names_both_sides():
         jrmsprop.from_torch_state_dict(state_dict, params)
 
 
-def test_dtype_mismatch_names_both_sides():
+def test_a_float32_state_into_float64_params_is_upcast_exactly():
     state_dict, params = _stepped_torch_state()
     params[1] = params[1].astype(jnp.float64)
-    with pytest.raises(ValueError, match=r"torch parameter 1.*float32.*float64"):
+    _, state = jrmsprop.from_torch_state_dict(state_dict, params)
+    torch_buffer = state_dict["state"][1]["square_avg"]
+    assert state.square_avg[1].dtype == jnp.float64
+    np.testing.assert_array_equal(np.asarray(state.square_avg[1]), torch_buffer.double().numpy())
+    assert state.square_avg[0].dtype == jnp.float32
+
+
+@pytest.mark.parametrize(
+    "narrower", [jnp.float16, jnp.bfloat16, jnp.complex64], ids=["float16", "bfloat16", "complex"]
+)
+def test_a_wider_or_other_kind_state_is_refused_naming_both_sides(narrower):
+    state_dict, params = _stepped_torch_state()
+    params[1] = params[1].astype(narrower)
+    name = jnp.dtype(narrower).name
+    with pytest.raises(ValueError, match=rf"dtype mismatch at torch parameter 1.*float32.*{name}"):
         jrmsprop.from_torch_state_dict(state_dict, params)
 
 
