@@ -73,37 +73,65 @@ def _write_back(old: Any, new: Any) -> Any:
     return new
 
 
+# Every signal Python can have a handler for (SIGKILL and SIGSTOP cannot).
+_SIGNALS = tuple(
+    s
+    for s in signal.valid_signals()
+    if s not in (getattr(signal, "SIGKILL", None), getattr(signal, "SIGSTOP", None))
+)
+
+
 @contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Holds back Ctrl-C (SIGINT) until the block is done, then delivers it.
+def _signals_deferred() -> Iterator[None]:
+    """Holds back every Python-level signal handler until the block is done.
 
     Donation makes a compiled call consume its inputs: between the first
     call of a step and the commit, the only copy of a parameter is in a local
-    variable, and a ``KeyboardInterrupt`` there would lose it. Python runs
-    signal handlers only on the main thread, so elsewhere there is nothing to
-    hold back (and a handler cannot be installed); the same when the current
-    handler was not installed from Python and could not be put back.
+    variable, and an exception raised by a signal handler there (Ctrl-C's
+    ``KeyboardInterrupt``, a time limit's ``TimeoutError``) would lose it; a
+    handler that reads the optimizer there (a preemption checkpoint) would
+    see it half-stepped. So each signal whose handler is a Python callable is
+    recorded instead, and once the block is done the handlers are put back
+    and called in the order the signals arrived: they see a whole optimizer.
+    ``SIG_DFL``, ``SIG_IGN`` and handlers not installed from Python are left
+    alone. Python runs signal handlers only on the main thread, so elsewhere
+    there is nothing to hold back (and a handler cannot be installed).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    getsignal = signal.getsignal
+    previous = {s: h for s in _SIGNALS if callable(h := getsignal(s))}
     received: list = []
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is None:
-        yield
-        return
-    # signal.signal runs pending handlers first: a Ctrl-C that arrived before
-    # this point raises here, before anything ran.
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    installed: dict = {}
     try:
+        # signal.signal runs pending handlers first: a signal that arrived
+        # before this point is handled here, before anything ran.
+        for s, handler in previous.items():
+            signal.signal(s, lambda signum, frame: received.append((signum, frame)))
+            installed[s] = handler
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            if callable(previous):
-                previous(signal.SIGINT, received[0])
-            else:
-                signal.raise_signal(signal.SIGINT)
+        for s, handler in installed.items():
+            signal.signal(s, handler)
+        _deliver(received, previous)
+
+
+def _deliver(received: list, handlers: dict) -> None:
+    """Calls each held-back signal's handler, in arrival order.
+
+    A handler that raises does not stop the later ones: they still run, and
+    the first exception is the one that propagates.
+    """
+    first: BaseException | None = None
+    for signum, frame in received:
+        try:
+            handlers[signum](signum, frame)
+        except BaseException as err:  # noqa: BLE001 (re-raised below, after the others ran)
+            if first is None:
+                first = err
+    if first is not None:
+        raise first
 
 
 class FunctionalRMSprop:
@@ -316,9 +344,10 @@ class FunctionalRMSprop:
             if bool(value) == self._foreach:
                 return
             layout = Layout(self._layout.shapes, self._layout.dtypes, bool(value))
-            states = self._packed(layout, self._per_position(self._layout.split))
-            self._layout, self._states, self._foreach = layout, states, bool(value)
-            self._todo = {}
+            with _signals_deferred():
+                states = self._packed(layout, self._per_position(self._layout.split))
+                self._layout, self._states, self._foreach = layout, states, bool(value)
+                self._todo = {}
 
     # ------------------------------------------------------------------ step
 
@@ -348,7 +377,7 @@ class FunctionalRMSprop:
             plan = self._check(gradients)
             if not plan.todo:
                 return
-            with _sigint_deferred():
+            with _signals_deferred():
                 ran, error = self._run(plan)
                 self._commit(plan, ran)
                 if error is not None:
@@ -681,14 +710,15 @@ class FunctionalRMSprop:
             has = np.zeros((self._n, 3), bool)
             for i, parts in buffers.items():
                 has[i] = [part is not None for part in parts]
-            # Everything is checked and built: commit.
-            self.defaults.update(defaults)
-            self._centered, self._maximize = centered, maximize
-            self._states = states
-            self._steps = steps
-            self._has_state = has[:, 0].copy()
-            self._has_grad_avg = has[:, 1].copy()
-            self._has_momentum = has[:, 2].copy()
+            # Everything is checked and built: commit, with no handler between the lines.
+            with _signals_deferred():
+                self.defaults.update(defaults)
+                self._centered, self._maximize = centered, maximize
+                self._states = states
+                self._steps = steps
+                self._has_state = has[:, 0].copy()
+                self._has_grad_avg = has[:, 1].copy()
+                self._has_momentum = has[:, 2].copy()
 
     # ------------------------------------------------------------------ repr
 
