@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop.units import BUFFERS, HYPER_ORDER, Layout, step_units
+from jrmsprop.units import BUFFERS, HYPER_ORDER, Layout, debugging, step_units
 from jrmsprop.validation import (
     ArraySpec,
     check_distinct,
@@ -377,8 +377,11 @@ class FunctionalRMSprop:
             plan = self._check(gradients)
             if not plan.todo:
                 return
+            donate = not debugging()
             with _signals_deferred():
-                ran, error = self._run(plan)
+                ran, error = self._run(plan, donate)
+                if error is not None and not donate:
+                    raise error  # nothing was donated: drop what ran, all is as before
                 self._commit(plan, ran)
                 if error is not None:
                     self._raise_partial(plan, ran, error)
@@ -490,7 +493,7 @@ class FunctionalRMSprop:
             todo.append((u, tuple(members.index(i) for i in stepping), stepping))
         return todo
 
-    def _run(self, plan: _Plan) -> tuple[list, Exception | None]:
+    def _run(self, plan: _Plan, donate: bool) -> tuple[list, Exception | None]:
         """The compiled work: what ran, as ``[(units, positions, params, states)]``, and any error.
 
         ``foreach=False``: one call for every unit (a unit is a position); if
@@ -498,7 +501,7 @@ class FunctionalRMSprop:
         stops the loop, and the units that ran so far come back with the
         error: their inputs are consumed, so they must be committed.
         """
-        static = {"maximize": self._maximize, "decay": bool(plan.hyper[3] != 0)}
+        static = {"maximize": self._maximize, "decay": bool(plan.hyper[3] != 0), "donate": donate}
         leaves, grads, states = plan.leaves, plan.grads, plan.states
         if not self._foreach:
             stepping = plan.stepping

@@ -199,3 +199,37 @@ def test_load_state_dict_interrupted_at_random_loads_one_whole_dict():
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.parametrize("flag", ["jax_debug_nans", "jax_debug_infs"])
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_debug_flags_give_jaxs_floating_point_error_and_lose_nothing(flag, foreach):
+    rng = np.random.default_rng(20)
+    opt = FunctionalRMSprop(_params(), momentum=0.5, foreach=foreach)
+    twin = FunctionalRMSprop(_params(), momentum=0.5, foreach=foreach)
+    grads = _grads(rng)
+    opt.step(grads)
+    twin.step(grads)
+    bad = list(grads)
+    bad[N - 1] = jnp.full((4,), np.nan if flag == "jax_debug_nans" else np.inf, jnp.float32)
+    with _flag(flag):
+        with pytest.raises(FloatingPointError):
+            opt.step(bad)
+        params = opt.param_group["params"]
+        assert not any(p.is_deleted() for p in params)
+        _same(opt, twin)  # nothing applied, nothing lost
+        opt.step(grads)  # and the flagged optimizer still steps
+    twin.step(grads)
+    _same(opt, twin)
+
+
+class _flag:
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.old = getattr(jax.config, self.name)
+        jax.config.update(self.name, True)
+
+    def __exit__(self, *exc):
+        jax.config.update(self.name, self.old)
