@@ -12,6 +12,7 @@ run, and committed in one place.
 from __future__ import annotations
 
 import contextlib
+import copy
 import operator
 import signal
 import threading
@@ -722,6 +723,38 @@ class FunctionalRMSprop:
                 self._has_state = has[:, 0].copy()
                 self._has_grad_avg = has[:, 1].copy()
                 self._has_momentum = has[:, 2].copy()
+
+    # ---------------------------------------------------------------- copies
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For ``copy.deepcopy`` and ``pickle``: everything but the lock.
+
+        Returns:
+          the instance's attributes (arrays included) without the lock; the
+          copy gets a lock of its own.
+        """
+        with self._lock:
+            state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def __deepcopy__(self, memo: dict) -> FunctionalRMSprop:
+        with self._lock:
+            state = copy.deepcopy(self.__getstate__(), memo)
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(state)
+        return new
+
+    def __copy__(self) -> FunctionalRMSprop:
+        raise TypeError(
+            "FunctionalRMSprop: copy.copy would share the parameter and state arrays, which "
+            "a step donates (deletes): use copy.deepcopy for an independent optimizer"
+        )
 
     # ------------------------------------------------------------------ repr
 

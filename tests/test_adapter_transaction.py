@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import pickle
 import signal
 import threading
 import time
@@ -233,3 +235,32 @@ class _flag:
 
     def __exit__(self, *exc):
         jax.config.update(self.name, self.old)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_deepcopy_and_pickle_give_an_independent_optimizer_continuing_bit_for_bit(how, foreach):
+    rng = np.random.default_rng(21)
+    opt = FunctionalRMSprop(_params(), momentum=0.5, centered=True, foreach=foreach)
+    first = [_grads(rng) for _ in range(2)]
+    opt.step(first[0])
+    opt.foreach = not foreach  # a layout switch, then back
+    opt.foreach = foreach
+    opt.step(first[1])
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    assert twin._lock is not opt._lock
+    _same(opt, twin)
+    later = [_grads(rng) for _ in range(3)]
+    for g in later:
+        twin.step(g)  # the copy steps; the original is untouched (nothing shared, nothing deleted)
+    assert not any(p.is_deleted() for p in opt.param_group["params"])
+    assert _steps(opt) == {2}
+    for g in later:
+        opt.step(g)
+    _same(opt, twin)
+
+
+def test_copy_copy_is_a_clear_error():
+    opt = FunctionalRMSprop(_params())
+    with pytest.raises(TypeError, match="copy.deepcopy"):
+        copy.copy(opt)
