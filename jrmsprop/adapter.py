@@ -48,7 +48,7 @@ class _Plan(NamedTuple):
 
     leaves: list  # the parameter arrays, per position
     grads: list  # per position, an array or None
-    hyper: np.ndarray  # HYPER_ORDER's values, then 1 - alpha
+    hyper: np.ndarray  # HYPER_ORDER's values
     use_momentum: bool
     stepping: tuple  # positions with a gradient
     todo: list  # per unit to run: (unit, indices of its stepping members, their positions)
@@ -397,10 +397,7 @@ class FunctionalRMSprop:
                 + f"Params length: {len(params)}. "
                 + f"Gradients length: {len(gradients)}"
             )
-        values = [hyper_value(name, self.defaults[name], _WHO) for name in HYPER_ORDER]
-        # 1 - alpha in double, rounded once to the math's dtype by the call, as
-        # torch and rmsprop with Python floats compute it.
-        hyper = np.array([*values, 1.0 - float(values[1])], np.float64)
+        hyper = np.array([hyper_value(name, self.defaults[name], _WHO) for name in HYPER_ORDER])
         leaves = self._checked_params(params)
         grads = self._grad_list(gradients)
         stepping = tuple(i for i, g in enumerate(grads) if g is not None)
