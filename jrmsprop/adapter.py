@@ -180,10 +180,16 @@ class FunctionalRMSprop:
       parameter positions, the values in ``defaults`` and a momentum buffer
       for each parameter that needs one. A step that raises any of these
       leaves parameters and state exactly as they were. Then the compiled
-      work runs and its result is committed in one place. A Ctrl-C (SIGINT)
-      on the main thread during that window is held back and raised as
-      ``KeyboardInterrupt`` once the step is committed: an interrupted step
-      is either fully applied or not applied at all.
+      work runs and its result is committed in one place. Every signal with
+      a Python handler (Ctrl-C, a SIGALRM time limit, a checkpointing
+      SIGUSR1) on the main thread during that window is held back and
+      delivered once the step is committed: an interrupted step is either
+      fully applied or not applied at all, and a handler sees a whole
+      optimizer. With ``jax_debug_nans`` or ``jax_debug_infs`` on nothing is
+      donated, and a step that raises JAX's ``FloatingPointError`` commits
+      nothing.
+    * **Copies.** ``copy.deepcopy`` and ``pickle`` give an independent
+      optimizer; ``copy.copy`` raises ``TypeError``.
     * **Device errors.** ``foreach=False`` runs one compiled call: if it
       fails (out of device memory), nothing is applied. ``foreach=True``
       runs one call per unit; if one fails, the units that ran are committed
