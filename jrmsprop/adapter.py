@@ -12,6 +12,7 @@ run, and committed in one place.
 from __future__ import annotations
 
 import contextlib
+import copy
 import operator
 import signal
 import threading
@@ -22,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrmsprop.units import BUFFERS, HYPER_ORDER, Layout, step_units
+from jrmsprop.units import BUFFERS, HYPER_ORDER, Layout, debugging, step_units
 from jrmsprop.validation import (
     ArraySpec,
     check_distinct,
@@ -73,37 +74,65 @@ def _write_back(old: Any, new: Any) -> Any:
     return new
 
 
+# Every signal Python can have a handler for (SIGKILL and SIGSTOP cannot).
+_SIGNALS = tuple(
+    s
+    for s in signal.valid_signals()
+    if s not in (getattr(signal, "SIGKILL", None), getattr(signal, "SIGSTOP", None))
+)
+
+
 @contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Holds back Ctrl-C (SIGINT) until the block is done, then delivers it.
+def _signals_deferred() -> Iterator[None]:
+    """Holds back every Python-level signal handler until the block is done.
 
     Donation makes a compiled call consume its inputs: between the first
     call of a step and the commit, the only copy of a parameter is in a local
-    variable, and a ``KeyboardInterrupt`` there would lose it. Python runs
-    signal handlers only on the main thread, so elsewhere there is nothing to
-    hold back (and a handler cannot be installed); the same when the current
-    handler was not installed from Python and could not be put back.
+    variable, and an exception raised by a signal handler there (Ctrl-C's
+    ``KeyboardInterrupt``, a time limit's ``TimeoutError``) would lose it; a
+    handler that reads the optimizer there (a preemption checkpoint) would
+    see it half-stepped. So each signal whose handler is a Python callable is
+    recorded instead, and once the block is done the handlers are put back
+    and called in the order the signals arrived: they see a whole optimizer.
+    ``SIG_DFL``, ``SIG_IGN`` and handlers not installed from Python are left
+    alone. Python runs signal handlers only on the main thread, so elsewhere
+    there is nothing to hold back (and a handler cannot be installed).
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    getsignal = signal.getsignal
+    previous = {s: h for s in _SIGNALS if callable(h := getsignal(s))}
     received: list = []
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is None:
-        yield
-        return
-    # signal.signal runs pending handlers first: a Ctrl-C that arrived before
-    # this point raises here, before anything ran.
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(frame))
+    installed: dict = {}
     try:
+        # signal.signal runs pending handlers first: a signal that arrived
+        # before this point is handled here, before anything ran.
+        for s, handler in previous.items():
+            signal.signal(s, lambda signum, frame: received.append((signum, frame)))
+            installed[s] = handler
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received:
-            if callable(previous):
-                previous(signal.SIGINT, received[0])
-            else:
-                signal.raise_signal(signal.SIGINT)
+        for s, handler in installed.items():
+            signal.signal(s, handler)
+        _deliver(received, previous)
+
+
+def _deliver(received: list, handlers: dict) -> None:
+    """Calls each held-back signal's handler, in arrival order.
+
+    A handler that raises does not stop the later ones: they still run, and
+    the first exception is the one that propagates.
+    """
+    first: BaseException | None = None
+    for signum, frame in received:
+        try:
+            handlers[signum](signum, frame)
+        except BaseException as err:  # noqa: BLE001 (re-raised below, after the others ran)
+            if first is None:
+                first = err
+    if first is not None:
+        raise first
 
 
 class FunctionalRMSprop:
@@ -151,10 +180,16 @@ class FunctionalRMSprop:
       parameter positions, the values in ``defaults`` and a momentum buffer
       for each parameter that needs one. A step that raises any of these
       leaves parameters and state exactly as they were. Then the compiled
-      work runs and its result is committed in one place. A Ctrl-C (SIGINT)
-      on the main thread during that window is held back and raised as
-      ``KeyboardInterrupt`` once the step is committed: an interrupted step
-      is either fully applied or not applied at all.
+      work runs and its result is committed in one place. Every signal with
+      a Python handler (Ctrl-C, a SIGALRM time limit, a checkpointing
+      SIGUSR1) on the main thread during that window is held back and
+      delivered once the step is committed: an interrupted step is either
+      fully applied or not applied at all, and a handler sees a whole
+      optimizer. With ``jax_debug_nans`` or ``jax_debug_infs`` on nothing is
+      donated, and a step that raises JAX's ``FloatingPointError`` commits
+      nothing.
+    * **Copies.** ``copy.deepcopy`` and ``pickle`` give an independent
+      optimizer; ``copy.copy`` raises ``TypeError``.
     * **Device errors.** ``foreach=False`` runs one compiled call: if it
       fails (out of device memory), nothing is applied. ``foreach=True``
       runs one call per unit; if one fails, the units that ran are committed
@@ -316,9 +351,10 @@ class FunctionalRMSprop:
             if bool(value) == self._foreach:
                 return
             layout = Layout(self._layout.shapes, self._layout.dtypes, bool(value))
-            states = self._packed(layout, self._per_position(self._layout.split))
-            self._layout, self._states, self._foreach = layout, states, bool(value)
-            self._todo = {}
+            with _signals_deferred():
+                states = self._packed(layout, self._per_position(self._layout.split))
+                self._layout, self._states, self._foreach = layout, states, bool(value)
+                self._todo = {}
 
     # ------------------------------------------------------------------ step
 
@@ -348,8 +384,11 @@ class FunctionalRMSprop:
             plan = self._check(gradients)
             if not plan.todo:
                 return
-            with _sigint_deferred():
-                ran, error = self._run(plan)
+            donate = not debugging()
+            with _signals_deferred():
+                ran, error = self._run(plan, donate)
+                if error is not None and not donate:
+                    raise error  # nothing was donated: drop what ran, all is as before
                 self._commit(plan, ran)
                 if error is not None:
                     self._raise_partial(plan, ran, error)
@@ -461,7 +500,7 @@ class FunctionalRMSprop:
             todo.append((u, tuple(members.index(i) for i in stepping), stepping))
         return todo
 
-    def _run(self, plan: _Plan) -> tuple[list, Exception | None]:
+    def _run(self, plan: _Plan, donate: bool) -> tuple[list, Exception | None]:
         """The compiled work: what ran, as ``[(units, positions, params, states)]``, and any error.
 
         ``foreach=False``: one call for every unit (a unit is a position); if
@@ -469,7 +508,7 @@ class FunctionalRMSprop:
         stops the loop, and the units that ran so far come back with the
         error: their inputs are consumed, so they must be committed.
         """
-        static = {"maximize": self._maximize, "decay": bool(plan.hyper[3] != 0)}
+        static = {"maximize": self._maximize, "decay": bool(plan.hyper[3] != 0), "donate": donate}
         leaves, grads, states = plan.leaves, plan.grads, plan.states
         if not self._foreach:
             stepping = plan.stepping
@@ -681,14 +720,47 @@ class FunctionalRMSprop:
             has = np.zeros((self._n, 3), bool)
             for i, parts in buffers.items():
                 has[i] = [part is not None for part in parts]
-            # Everything is checked and built: commit.
-            self.defaults.update(defaults)
-            self._centered, self._maximize = centered, maximize
-            self._states = states
-            self._steps = steps
-            self._has_state = has[:, 0].copy()
-            self._has_grad_avg = has[:, 1].copy()
-            self._has_momentum = has[:, 2].copy()
+            # Everything is checked and built: commit, with no handler between the lines.
+            with _signals_deferred():
+                self.defaults.update(defaults)
+                self._centered, self._maximize = centered, maximize
+                self._states = states
+                self._steps = steps
+                self._has_state = has[:, 0].copy()
+                self._has_grad_avg = has[:, 1].copy()
+                self._has_momentum = has[:, 2].copy()
+
+    # ---------------------------------------------------------------- copies
+
+    def __getstate__(self) -> dict[str, Any]:
+        """For ``copy.deepcopy`` and ``pickle``: everything but the lock.
+
+        Returns:
+          the instance's attributes (arrays included) without the lock; the
+          copy gets a lock of its own.
+        """
+        with self._lock:
+            state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+    def __deepcopy__(self, memo: dict) -> FunctionalRMSprop:
+        with self._lock:
+            state = copy.deepcopy(self.__getstate__(), memo)
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(state)
+        return new
+
+    def __copy__(self) -> FunctionalRMSprop:
+        raise TypeError(
+            "FunctionalRMSprop: copy.copy would share the parameter and state arrays, which "
+            "a step donates (deletes): use copy.deepcopy for an independent optimizer"
+        )
 
     # ------------------------------------------------------------------ repr
 

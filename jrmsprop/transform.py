@@ -93,6 +93,7 @@ def rmsprop_math(
     momentum: Scalar,
     maximize: bool,
     storage_dtype: Any = None,
+    one_minus_alpha: Scalar | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
     """One step of torch's RMSprop on one real parameter, in torch's order.
 
@@ -102,7 +103,10 @@ def rmsprop_math(
     state): each new state buffer is rounded to it before the rest of the
     step reads it, as torch reads it back from storage. Returns ``(update,
     square_avg, grad_avg, momentum_buffer)`` where ``param + update`` is
-    torch's new parameter.
+    torch's new parameter. ``one_minus_alpha``, when given, is ``1 - alpha``
+    computed by the caller (the adapter computes it on the host in double and
+    rounds it once, as torch does); by default it is computed here, in double
+    for a Python ``alpha`` and in the array's dtype for a traced one.
     """
 
     def stored(x: jax.Array) -> jax.Array:
@@ -118,9 +122,11 @@ def rmsprop_math(
         grad = -grad
     if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
         grad = grad + weight_decay * param
-    square_avg = square_avg * alpha + (1 - alpha) * grad * grad
+    if one_minus_alpha is None:
+        one_minus_alpha = 1 - alpha
+    square_avg = square_avg * alpha + one_minus_alpha * grad * grad
     if grad_avg is not None:
-        grad_avg = stored(_lerp(grad_avg, grad, 1 - alpha))
+        grad_avg = stored(_lerp(grad_avg, grad, one_minus_alpha))
         square_avg = stored(square_avg)
         avg = jnp.sqrt(square_avg - grad_avg * grad_avg)
     else:

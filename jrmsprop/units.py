@@ -276,6 +276,16 @@ _step_units = jax.jit(
     static_argnames=("runs", "maximize", "decay"),
     donate_argnums=(0, 2),
 )
+# With jax_debug_nans or jax_debug_infs on, JAX re-runs a call that produced
+# a NaN or inf, de-optimized, to find the operation: donated inputs would be
+# gone by then. Those runs donate nothing, so a step that raises JAX's
+# FloatingPointError leaves params and state as they were.
+_step_units_kept = jax.jit(_step_units_impl, static_argnames=("runs", "maximize", "decay"))
+
+
+def debugging() -> bool:
+    """Whether a flag is on that makes JAX re-run a call (so nothing may be donated)."""
+    return bool(jax.config.jax_debug_nans or jax.config.jax_debug_infs)
 
 
 def step_units(
@@ -287,8 +297,12 @@ def step_units(
     runs: tuple | None,
     maximize: bool,
     decay: bool,
+    donate: bool = True,
 ) -> tuple[tuple, tuple]:
     """Steps units in one compiled call; params and states are donated.
+
+    Pass ``donate=not debugging()``: nothing may be donated while
+    ``jax_debug_nans`` or ``jax_debug_infs`` is on.
 
     Args:
       params: per unit, a tuple of its stepping members' parameters; with
@@ -303,9 +317,11 @@ def step_units(
         :meth:`Layout.runs`.
       maximize: torch's ``maximize``.
       decay: whether ``weight_decay != 0`` (the term exists only then).
+      donate: whether params and states are donated.
 
     Returns:
       ``(params, states)`` in the layout of the inputs: the new stepping
       parameters and the new used buffers (``None`` where the input was ``None``).
     """
-    return _step_units(params, grads, states, hyper, runs=runs, maximize=maximize, decay=decay)
+    run = _step_units if donate else _step_units_kept
+    return run(params, grads, states, hyper, runs=runs, maximize=maximize, decay=decay)
