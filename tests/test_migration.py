@@ -1,0 +1,252 @@
+"""Migrating real torch runs by name (jrmsprop.interop.from_torch / to_torch).
+
+Each case: torch trains N steps, the run moves to JAX and takes M steps there
+(torch's own gradients replayed, and JAX's gradients where the model is written
+in JAX), compared with torch continuing, params and every buffer, step and lr;
+then the JAX run moves back into a copy of torch's objects taken at the move,
+and both torch runs continue L steps and are compared again.
+"""
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from torch.testing import assert_close
+
+from jrmsprop import interop
+from jrmsprop.schedules import from_torch_scheduler
+
+L = torch.optim.lr_scheduler
+N, M, BACK = 6, 6, 2
+
+
+def _tol(dtype):
+    return {} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+
+
+def _batches(model_in, steps, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn((4, *model_in), generator=gen, dtype=dtype) for _ in range(steps)]
+
+
+def _torch_step(model, opt, x, loss_fn):
+    opt.zero_grad(set_to_none=True)
+    loss_fn(model, x).backward()
+    grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
+    opt.step()
+    return grads
+
+
+def _train(model, opt, sched, batches, loss_fn, k, start):
+    """torch steps over ``batches``; the scheduler steps after every k-th optimizer step."""
+    grads = []
+    for i, x in enumerate(batches):
+        grads.append(_torch_step(model, opt, x, loss_fn))
+        if sched is not None and (start + i + 1) % k == 0:
+            sched.step()
+    return grads
+
+
+def _compare(params, opt_state, model, opt, sched, twin, k, dtype):
+    """JAX's run written into ``twin`` (torch objects at the move) equals torch's run."""
+    for name, p in model.named_parameters():
+        assert_close(torch.from_numpy(np.array(params[name])), p.detach(), **_tol(dtype))
+    interop.to_torch(params, opt_state, *twin, steps_per_scheduler_step=k)
+    t_model, t_opt, t_sched = twin
+    for (name, p), (_, q) in zip(model.named_parameters(), t_model.named_parameters()):
+        assert_close(q.detach(), p.detach(), **_tol(dtype), msg=lambda m: f"{name}: {m}")
+    ours, theirs = t_opt.state_dict(), opt.state_dict()
+    assert ours["state"].keys() == theirs["state"].keys()
+    for i, entry in theirs["state"].items():
+        assert ours["state"][i].keys() == entry.keys(), i
+        for key, value in entry.items():
+            if key == "step":
+                assert float(ours["state"][i][key]) == float(value), (i, key)
+            else:
+                assert_close(ours["state"][i][key], value, **_tol(dtype), msg=lambda m: f"{i} {key} {m}")
+    assert [g["lr"] for g in ours["param_groups"]] == [g["lr"] for g in theirs["param_groups"]]
+    if sched is not None:
+        assert t_sched.state_dict() == sched.state_dict()  # last_epoch, _last_lr, ...
+
+
+def _migrate_and_continue(make, loss_fn, in_shape, dtype, k=1, horizon=None, jax_loss=None):
+    torch.manual_seed(0)
+    model, opt, sched = make()
+    model.to(dtype)
+    batches = _batches(in_shape, N + M + BACK, dtype)
+    _train(model, opt, sched, batches[:N], loss_fn, k, 0)
+
+    params, tx, opt_state = interop.from_torch(
+        model, opt, sched, steps_per_scheduler_step=k, horizon=horizon
+    )
+    assert list(params) == [n for n, _ in model.named_parameters()]
+    assert jax.tree.structure(opt_state) == jax.tree.structure(tx.init(params))
+    twin = copy.deepcopy((model, opt, sched))
+    start_params, start_state = params, opt_state
+    grads = _train(model, opt, sched, batches[N : N + M], loss_fn, k, N)
+
+    @jax.jit
+    def step(g, s, p):
+        updates, s = tx.update(g, s, p)
+        return optax.apply_updates(p, updates), s
+
+    for g in grads:
+        g = {n: None if v is None else jnp.asarray(v.numpy()) for n, v in g.items()}
+        params, opt_state = step(g, opt_state, params)
+    _compare(params, opt_state, model, opt, sched, twin, k, dtype)
+
+    if jax_loss is not None:  # the model's own JAX gradients instead of torch's
+        own_params, own_state = start_params, start_state
+        for x in batches[N : N + M]:
+            g = jax.grad(jax_loss)(own_params, jnp.asarray(x.numpy()))
+            own_params, own_state = step(g, own_state, own_params)
+        for name, p in model.named_parameters():
+            assert_close(torch.from_numpy(np.array(own_params[name])), p.detach(), **_tol(dtype))
+
+    # Back in torch: the twin continues as the original does.
+    _train(model, opt, sched, batches[N + M :], loss_fn, k, N + M)
+    t_model, t_opt, t_sched = twin
+    _train(t_model, t_opt, t_sched, batches[N + M :], loss_fn, k, N + M)
+    for (name, p), (_, q) in zip(model.named_parameters(), t_model.named_parameters()):
+        assert_close(q.detach(), p.detach(), **_tol(dtype))
+    for i, entry in opt.state_dict()["state"].items():
+        for key, value in entry.items():
+            assert_close(t_opt.state_dict()["state"][i][key], value, **_tol(dtype))
+    return params
+
+
+def _square_loss(model, x):
+    return (model(x) ** 2).mean()
+
+
+# --- the models ---------------------------------------------------------------
+
+
+def _layernorms():
+    model = torch.nn.Sequential(torch.nn.LayerNorm(8), torch.nn.Tanh(), torch.nn.LayerNorm(8))
+    with torch.no_grad():  # distinct values, so a swapped buffer shows
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model, torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.5, centered=True), None
+
+
+def _layernorm_jax(params, x):
+    def norm(h, i):
+        mean = h.mean(-1, keepdims=True)
+        var = ((h - mean) ** 2).mean(-1, keepdims=True)
+        return (h - mean) / jnp.sqrt(var + 1e-5) * params[f"{i}.weight"] + params[f"{i}.bias"]
+
+    return (norm(jnp.tanh(norm(x, 0)), 2) ** 2).mean()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_layernorm_model_whose_sorted_names_differ_from_torch_order(dtype):
+    params = _migrate_and_continue(
+        _layernorms, _square_loss, (8,), dtype, jax_loss=_layernorm_jax
+    )
+    assert list(jax.tree_util.tree_flatten_with_path(params)[0])[0][0][0].key == "0.bias"
+
+
+def _transformer():
+    model = torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+    return model, torch.optim.RMSprop(model.parameters(), lr=1e-3, weight_decay=0.01), None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_transformer_encoder_layer(dtype):
+    _migrate_and_continue(_transformer, _square_loss, (5, 16), dtype)
+
+
+class _CNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def _cnn_cosine():
+    model = _CNN()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.9)
+    return model, opt, L.CosineAnnealingLR(opt, T_max=7, eta_min=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_cnn_with_batchnorm_and_cosine_annealing(dtype):
+    _migrate_and_continue(_cnn_cosine, _square_loss, (1, 6, 6), dtype, horizon=M)
+
+
+def _mlp():
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 8), torch.nn.LayerNorm(8), torch.nn.Tanh(), torch.nn.Linear(8, 3)
+    )
+
+
+def _mlp_jax(params, x):
+    h = x @ params["0.weight"].T + params["0.bias"]
+    mean = h.mean(-1, keepdims=True)
+    h = (h - mean) / jnp.sqrt(((h - mean) ** 2).mean(-1, keepdims=True) + 1e-5)
+    h = jnp.tanh(h * params["1.weight"] + params["1.bias"])
+    return ((h @ params["3.weight"].T + params["3.bias"]) ** 2).mean()
+
+
+def _three_groups_steplr():
+    model = _mlp()
+    opt = torch.optim.RMSprop(
+        [
+            {"params": [model[0].weight], "weight_decay": 0.1},
+            {"params": [model[0].bias, model[1].weight, model[1].bias]},
+            {"params": [model[3].weight, model[3].bias], "lr": 3e-3, "momentum": 0.9,
+             "centered": True},
+        ],
+        lr=1e-2,
+    )
+    return model, opt, L.StepLR(opt, step_size=4, gamma=0.5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_three_param_groups_with_steplr_crossing_boundaries(dtype):
+    _migrate_and_continue(
+        _three_groups_steplr, _square_loss, (6,), dtype, horizon=M, jax_loss=_mlp_jax
+    )
+
+
+def _one_cycle():
+    model = _mlp()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.5)
+    return model, opt, L.OneCycleLR(opt, max_lr=0.01, total_steps=N + M + BACK)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_one_cycle(dtype):
+    _migrate_and_continue(_one_cycle, _square_loss, (6,), dtype, jax_loss=_mlp_jax)
+
+
+def _epochs_warmup_then_cosine():
+    model = _mlp()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-2)
+    warmup = L.LinearLR(opt, start_factor=0.1, total_iters=2)
+    cosine = L.CosineAnnealingLR(opt, T_max=4)
+    return model, opt, L.SequentialLR(opt, [warmup, cosine], milestones=[2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_scheduler_stepped_once_per_epoch_of_three_steps(dtype):
+    _migrate_and_continue(_epochs_warmup_then_cosine, _square_loss, (6,), dtype, k=3, horizon=M)
+
+
+def _frozen_first_layer():
+    model = _mlp()
+    model[0].requires_grad_(False)  # in the optimizer, never a gradient: no torch state
+    return model, torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.9), None
+
+
+def test_a_frozen_part_that_never_got_gradients():
+    _migrate_and_continue(_frozen_first_layer, _square_loss, (6,), torch.float32)
