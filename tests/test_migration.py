@@ -250,3 +250,146 @@ def _frozen_first_layer():
 
 def test_a_frozen_part_that_never_got_gradients():
     _migrate_and_continue(_frozen_first_layer, _square_loss, (6,), torch.float32)
+
+
+# --- schedules, refusals, position checks ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, horizon",
+    [
+        (lambda o: L.StepLR(o, 7, 0.5), 150),
+        (lambda o: L.MultiStepLR(o, [10, 40, 90], 0.3), None),
+        (lambda o: L.ExponentialLR(o, 0.97), 150),
+        (lambda o: L.CosineAnnealingLR(o, 30, eta_min=1e-4), 150),
+        (lambda o: L.LinearLR(o, 0.1, total_iters=50), None),
+        (lambda o: L.ConstantLR(o, 0.3, total_iters=20), None),
+        (lambda o: L.PolynomialLR(o, total_iters=60, power=2.0), None),
+        (lambda o: L.OneCycleLR(o, max_lr=[0.5, 1.0], total_steps=160), None),
+        (lambda o: L.SequentialLR(o, [L.LinearLR(o, 0.1, total_iters=5),
+                                      L.CosineAnnealingLR(o, 40)], [5]), 150),
+    ],
+    ids=["step", "multistep", "exponential", "cosine", "linear", "constant", "polynomial",
+         "onecycle", "sequential"],
+)
+def test_schedules_equal_torch_get_last_lr_float_for_float(make, horizon):
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.RMSprop([{"params": [model.weight]}, {"params": [model.bias], "lr": 0.5}],
+                              lr=0.1)
+    sched = make(opt)
+    for _ in range(9):
+        opt.step()
+        sched.step()
+    schedules, count = from_torch_scheduler(sched, horizon=horizon)
+    assert count == 9
+    table = jax.jit(lambda n: jnp.stack([s(n) for s in schedules]))
+    for n in range(count, count + 150):
+        assert [float(v) for v in table(n)] == sched.get_last_lr(), n
+        opt.step()
+        sched.step()
+
+
+def test_past_the_table_the_lr_is_nan_and_a_settled_one_holds():
+    opt = torch.optim.RMSprop(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    (lr,), count = from_torch_scheduler(L.StepLR(opt, 2), horizon=4)
+    assert np.isnan(float(lr(count + 4))) and not np.isnan(float(lr(count + 3)))
+    (lr,), count = from_torch_scheduler(L.LinearLR(opt, total_iters=3))
+    assert float(lr(10**6)) == float(lr(count + 3))
+
+
+@pytest.mark.parametrize(
+    "make, advice",
+    [
+        (lambda o: L.LambdaLR(o, lambda e: 0.9**e), "optax schedule"),
+        (lambda o: L.MultiplicativeLR(o, lambda e: 0.9), "optax schedule"),
+        (lambda o: L.ReduceLROnPlateau(o), "optax.contrib.reduce_on_plateau"),
+        (lambda o: L.ChainedScheduler([L.StepLR(o, 2), L.ExponentialLR(o, 0.9)]), "product"),
+        (lambda o: L.SequentialLR(o, [L.LambdaLR(o, lambda e: 1.0), L.StepLR(o, 2)], [3]),
+         r"_schedulers\[0\] is a LambdaLR"),
+    ],
+    ids=["lambda", "multiplicative", "plateau", "chained", "sequential_of_lambda"],
+)
+def test_untranslatable_schedulers_are_refused_saying_what_to_do(make, advice):
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.RMSprop(model.parameters())
+    with pytest.raises(TypeError, match=advice):
+        interop.from_torch(model, opt, make(opt))
+
+
+def test_a_scheduler_that_never_settles_needs_a_horizon():
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.RMSprop(model.parameters())
+    with pytest.raises(ValueError, match="never settles.*horizon="):
+        interop.from_torch(model, opt, L.CosineAnnealingLR(opt, 10))
+
+
+def test_parameters_outside_the_optimizer_or_the_model_are_refused():
+    model = _mlp()
+    opt = torch.optim.RMSprop(model[3].parameters())
+    with pytest.raises(ValueError, match=r"\['0.weight', '0.bias', '1.weight', '1.bias'\] are in no"):
+        interop.from_torch(model, opt)
+    opt = torch.optim.RMSprop([*model.parameters(), torch.nn.Parameter(torch.ones(2))])
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[6\].*not a parameter"):
+        interop.from_torch(model, opt)
+
+
+def test_a_tied_weight_is_one_parameter_under_its_first_name():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3, bias=False), torch.nn.Linear(3, 3, bias=False))
+    model[1].weight = model[0].weight
+    params, _, opt_state = interop.from_torch(model, torch.optim.RMSprop(model.parameters()))
+    assert list(params) == ["0.weight"] and opt_state.step.shape == (1,)
+
+
+def test_from_state_dicts_equals_from_the_objects():
+    torch.manual_seed(0)
+    model, opt, sched = _three_groups_steplr()
+    _train(model, opt, sched, _batches((6,), 3, torch.float32), _square_loss, 1, 0)
+    names = [n for n, _ in model.named_parameters()]
+    order = [names[[id(p) for p in model.parameters()].index(id(q))]
+             for g in opt.param_groups for q in g["params"]]
+    a = interop.from_torch(model, opt, sched, horizon=5)
+    b = interop.from_torch_state_dicts(
+        model.state_dict(), opt.state_dict(), order, (L.StepLR, sched.state_dict()), horizon=5
+    )
+    assert jax.tree.all(jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y)), a[2], b[2]))
+    assert list(b[0]) == order
+
+
+def test_position_based_functions_refuse_a_dict_flattened_out_of_order():
+    model, opt, _ = _layernorms()
+    model(torch.ones(2, 8)).sum().backward()
+    opt.step()
+    by_name = {n: jnp.array(p.detach().numpy()) for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"sorted order.*from_torch"):
+        jrmsprop_interop_position(opt.state_dict(), by_name)
+    from collections import OrderedDict
+
+    _, state = jrmsprop_interop_position(opt.state_dict(), OrderedDict(by_name))
+    assert_close(torch.from_numpy(np.array(state.square_avg["0.weight"])),
+                 opt.state_dict()["state"][0]["square_avg"])
+    bad_state = state._replace(square_avg=dict(state.square_avg), momentum_buffer=None,
+                               grad_avg=None)
+    with pytest.raises(ValueError, match="sorted order"):
+        interop.to_torch_state_dict({}, bad_state)
+
+
+def jrmsprop_interop_position(state_dict, params):
+    return interop.from_torch_state_dict(state_dict, params)
+
+
+def test_imports_are_checked_as_load_state_dict_checks():
+    model, opt, _ = _layernorms()
+    model(torch.ones(2, 8)).sum().backward()
+    opt.step()
+    params = [jnp.array(p.detach().numpy()) for p in model.parameters()]
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][7] = sd["state"][0]
+    with pytest.raises(ValueError, match=r"entries \[7\] belong to no parameter"):
+        interop.from_torch_state_dict(sd, params)
+    sd = copy.deepcopy(opt.state_dict())
+    sd["param_groups"][0]["eps"] = -1.0
+    with pytest.raises(ValueError, match="Invalid epsilon value: -1.0"):
+        interop.from_torch_state_dict(sd, params)
+    _, state = interop.from_torch_state_dict(opt.state_dict(), params)
+    with pytest.raises(ValueError, match="Invalid alpha value: -0.5"):
+        interop.to_torch_state_dict({"alpha": -0.5, "momentum": 0.5, "centered": True}, state)
