@@ -29,9 +29,7 @@ import jrmsprop
 
 def make_model() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)
-    )
+    return torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
 
 
 def batches(steps: int, batch: int = 32):
@@ -68,7 +66,9 @@ def make_optimizer(model: torch.nn.Module):
     biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
     optimizer = torch.optim.RMSprop(
         [{"params": weights, "weight_decay": 1e-2}, {"params": biases}],
-        lr=1e-3, momentum=0.9, centered=True,
+        lr=1e-3,
+        momentum=0.9,
+        centered=True,
     )
     return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=100)
 
@@ -81,8 +81,11 @@ def main(before: int, after: int) -> None:
     torch_train(model, optimizer, scheduler, data[:before], "torch, before the move")
     path = Path(tempfile.mkdtemp()) / "checkpoint.pt"
     torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-         "scheduler": scheduler.state_dict()},
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+        },
         path,
     )
 

@@ -143,7 +143,11 @@ def _buffer(entry: Mapping, key: str, leaf: jax.Array, who: str, where: str) -> 
 
 
 def _buffers(
-    entry: Mapping | None, leaf: jax.Array, hyperparams: Mapping, torch_id: Any, who: str,
+    entry: Mapping | None,
+    leaf: jax.Array,
+    hyperparams: Mapping,
+    torch_id: Any,
+    who: str,
     where: str,
 ) -> tuple:
     """``(step, square_avg, momentum_buffer, grad_avg)`` of one parameter from torch's entry.
@@ -413,8 +417,9 @@ def _rmsprop_states(opt_state: Any, n_groups: int, who: str, with_positions: boo
     by_label = {}
     for pos, path, node in found:
         labels = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
-        label = next((lab for lab in labels if isinstance(lab, str) and lab.startswith("group")),
-                     None)
+        label = next(
+            (lab for lab in labels if isinstance(lab, str) and lab.startswith("group")), None
+        )
         by_label.setdefault(label, []).append((pos, node))
     states, positions = [], []
     for i in range(n_groups):
@@ -430,8 +435,9 @@ def _rmsprop_states(opt_state: Any, n_groups: int, who: str, with_positions: boo
     return (states, positions) if with_positions else states
 
 
-def _fill(state: RMSpropState, names: dict, entries: Mapping, hyperparams: Mapping,
-          count: int, who: str) -> RMSpropState:
+def _fill(
+    state: RMSpropState, names: dict, entries: Mapping, hyperparams: Mapping, count: int, who: str
+) -> RMSpropState:
     """``state`` (from ``tx.init``) with torch's buffers and steps, leaf by leaf by name."""
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(state.square_avg)
     columns = []
@@ -440,8 +446,9 @@ def _fill(state: RMSpropState, names: dict, entries: Mapping, hyperparams: Mappi
         torch_id = names[name]
         where = f"parameter {name!r} (torch id {torch_id})"
         columns.append(_buffers(entries.get(torch_id), leaf, hyperparams, torch_id, who, where))
-    steps, square_avgs, buffers, grad_avgs = (list(c) for c in zip(*columns)) if columns else (
-        [], [], [], [])
+    steps, square_avgs, buffers, grad_avgs = (
+        (list(c) for c in zip(*columns)) if columns else ([], [], [], [])
+    )
     unflatten = lambda leaves: jax.tree.unflatten(treedef, leaves)
     return state._replace(
         count=jnp.asarray(count, jnp.int32),
@@ -495,8 +502,13 @@ def from_torch_state_dicts(
     who = "from_torch_state_dicts"
     names = list(param_names)
     return _from_parts(
-        who, model_state_dict, optimizer_state_dict, names, scheduler,
-        steps_per_scheduler_step, horizon,
+        who,
+        model_state_dict,
+        optimizer_state_dict,
+        names,
+        scheduler,
+        steps_per_scheduler_step,
+        horizon,
     )
 
 
@@ -507,8 +519,10 @@ def _from_parts(who, tensors, optimizer_state_dict, names, scheduler, k, horizon
     entries = optimizer_state_dict.get("state", {})
     parts = []
     for i, group in enumerate(groups):
-        sub = {"state": {j: entries[j] for j in group["params"] if j in entries},
-               "param_groups": [group]}
+        sub = {
+            "state": {j: entries[j] for j in group["params"] if j in entries},
+            "param_groups": [group],
+        }
         _, checked = state_dict_parts(sub, f"{who}: param_groups[{i}]")
         parts.append((list(checked["params"]), _group_hyperparams(checked)))
     ids = [j for group_ids, _ in parts for j in group_ids]
@@ -537,8 +551,9 @@ def _from_parts(who, tensors, optimizer_state_dict, names, scheduler, k, horizon
 
     from jrmsprop.transform import rmsprop
 
-    schedules, count = {}, max(
-        (step_count(e["step"], f"{who}: state {j}") for j, e in entries.items()), default=0
+    schedules, count = (
+        {},
+        max((step_count(e["step"], f"{who}: state {j}") for j, e in entries.items()), default=0),
     )
     if scheduler is not None:
         from jrmsprop.schedules import schedules_of
@@ -552,15 +567,22 @@ def _from_parts(who, tensors, optimizer_state_dict, names, scheduler, k, horizon
         if "momentum" in moved:
             # A moving momentum (OneCycleLR's cycle_momentum) goes through optax's
             # inject_hyperparams, which hands rmsprop each step's value.
-            txs.append(optax.inject_hyperparams(rmsprop, static_args=("centered", "maximize"))(
-                **{**hp, **moved}))
+            txs.append(
+                optax.inject_hyperparams(rmsprop, static_args=("centered", "maximize"))(
+                    **{**hp, **moved}
+                )
+            )
         else:
             txs.append(rmsprop(**{**hp, **moved}))
     if len(parts) == 1:
         tx = txs[0]
     else:
-        labels = {name: _label(i) for i, (group_ids, _) in enumerate(parts)
-                  for name, j in id_of.items() if j in group_ids}
+        labels = {
+            name: _label(i)
+            for i, (group_ids, _) in enumerate(parts)
+            for name, j in id_of.items()
+            if j in group_ids
+        }
         tx = optax.partition({_label(i): t for i, t in enumerate(txs)}, labels)
     opt_state = tx.init(params)
     states, where = _rmsprop_states(opt_state, len(parts), who, with_positions=True)
@@ -570,10 +592,17 @@ def _from_parts(who, tensors, optimizer_state_dict, names, scheduler, k, horizon
         leaves[position] = state
     opt_state = jax.tree.unflatten(treedef, leaves)
     # Every counter (inject_hyperparams' and its schedules' too) at the run's position.
-    return params, tx, jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.asarray(count, jnp.int32)
-        if path and path[-1] == jax.tree_util.GetAttrKey("count") else x,
-        opt_state,
+    return (
+        params,
+        tx,
+        jax.tree_util.tree_map_with_path(
+            lambda path, x: (
+                jnp.asarray(count, jnp.int32)
+                if path and path[-1] == jax.tree_util.GetAttrKey("count")
+                else x
+            ),
+            opt_state,
+        ),
     )
 
 
@@ -581,8 +610,9 @@ def _named_ids(model: Any, optimizer: Any, who: str) -> list[str]:
     """The names of the optimizer's parameters, in its order, from the model."""
     torch = _import_torch()
     if not isinstance(optimizer, torch.optim.RMSprop):
-        raise TypeError(f"{who}: optimizer must be a torch.optim.RMSprop, got "
-                        f"{type(optimizer).__name__}")
+        raise TypeError(
+            f"{who}: optimizer must be a torch.optim.RMSprop, got {type(optimizer).__name__}"
+        )
     name_of = {id(p): name for name, p in model.named_parameters()}
     names = []
     for i, group in enumerate(optimizer.param_groups):
@@ -667,8 +697,13 @@ def from_torch(
     """
     names = _named_ids(model, optimizer, "from_torch")
     return _from_parts(
-        "from_torch", dict(model.named_parameters()), optimizer.state_dict(), names, scheduler,
-        steps_per_scheduler_step, horizon,
+        "from_torch",
+        dict(model.named_parameters()),
+        optimizer.state_dict(),
+        names,
+        scheduler,
+        steps_per_scheduler_step,
+        horizon,
     )
 
 
@@ -740,16 +775,16 @@ def to_torch(
             hyperparams,
             state._replace(
                 square_avg=_in_order(state.square_avg, group_names, who, i),
-                momentum_buffer=None if state.momentum_buffer is None
+                momentum_buffer=None
+                if state.momentum_buffer is None
                 else _in_order(state.momentum_buffer, group_names, who, i),
-                grad_avg=None if state.grad_avg is None
+                grad_avg=None
+                if state.grad_avg is None
                 else _in_order(state.grad_avg, group_names, who, i),
                 step=_steps_in_order(state, group_names),
             ),
         )
-        torch_state.update(
-            {group["params"][j]: entry for j, entry in sub["state"].items()}
-        )
+        torch_state.update({group["params"][j]: entry for j, entry in sub["state"].items()})
         position += len(group["params"])
     state_dict["state"] = torch_state
     twin = None
@@ -791,7 +826,8 @@ def _in_order(tree: Mapping, names: list, who: str, group: int) -> list:
 
 def _steps_in_order(state: RMSpropState, names: list) -> jax.Array:
     """``state.step`` (in the leaf order of ``state.square_avg``) in ``names``' order."""
-    leaf_names = [path[0].key for path, _ in
-                  jax.tree_util.tree_flatten_with_path(state.square_avg)[0]]
+    leaf_names = [
+        path[0].key for path, _ in jax.tree_util.tree_flatten_with_path(state.square_avg)[0]
+    ]
     steps = np.asarray(state.step)
     return jnp.asarray([steps[leaf_names.index(name)] for name in names], jnp.int32)

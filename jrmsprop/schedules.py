@@ -109,8 +109,10 @@ def detached_copy(scheduler: Any, groups: Sequence[Mapping]) -> Any:
     stand_in = torch.optim.SGD(
         [
             # Every key a scheduler may keep in a group (OneCycleLR's max_lr, ...).
-            {**copy.deepcopy({k: v for k, v in group.items() if k != "params"}),
-             "params": [torch.zeros(())]}
+            {
+                **copy.deepcopy({k: v for k, v in group.items() if k != "params"}),
+                "params": [torch.zeros(())],
+            }
             for group in groups
         ]
     )

@@ -58,7 +58,7 @@ def _compare(params, opt_state, model, opt, sched, twin, k, dtype):
     interop.to_torch(params, opt_state, *twin, steps_per_scheduler_step=k)
     t_model, t_opt, t_sched = twin
     for (name, p), (_, q) in zip(model.named_parameters(), t_model.named_parameters()):
-        assert_close(q.detach(), p.detach(), **_tol(dtype), msg=lambda m: f"{name}: {m}")
+        assert_close(q.detach(), p.detach(), **_tol(dtype), msg=lambda m, name=name: f"{name}: {m}")
     ours, theirs = t_opt.state_dict(), opt.state_dict()
     assert ours["state"].keys() == theirs["state"].keys()
     for i, entry in theirs["state"].items():
@@ -67,7 +67,12 @@ def _compare(params, opt_state, model, opt, sched, twin, k, dtype):
             if key == "step":
                 assert float(ours["state"][i][key]) == float(value), (i, key)
             else:
-                assert_close(ours["state"][i][key], value, **_tol(dtype), msg=lambda m: f"{i} {key} {m}")
+                assert_close(
+                    ours["state"][i][key],
+                    value,
+                    **_tol(dtype),
+                    msg=lambda m, i=i, key=key: f"{i} {key} {m}",
+                )
     assert [g["lr"] for g in ours["param_groups"]] == [g["lr"] for g in theirs["param_groups"]]
     if sched is not None:
         assert t_sched.state_dict() == sched.state_dict()  # last_epoch, _last_lr, ...
@@ -131,7 +136,11 @@ def _layernorms():
     with torch.no_grad():  # distinct values, so a swapped buffer shows
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    return model, torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.5, centered=True), None
+    return (
+        model,
+        torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.5, centered=True),
+        None,
+    )
 
 
 def _layernorm_jax(params, x):
@@ -145,14 +154,14 @@ def _layernorm_jax(params, x):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 def test_layernorm_model_whose_sorted_names_differ_from_torch_order(dtype):
-    params = _migrate_and_continue(
-        _layernorms, _square_loss, (8,), dtype, jax_loss=_layernorm_jax
-    )
-    assert list(jax.tree_util.tree_flatten_with_path(params)[0])[0][0][0].key == "0.bias"
+    params = _migrate_and_continue(_layernorms, _square_loss, (8,), dtype, jax_loss=_layernorm_jax)
+    assert jax.tree_util.tree_flatten_with_path(params)[0][0][0][0].key == "0.bias"  # sorted
 
 
 def _transformer():
-    model = torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+    model = torch.nn.TransformerEncoderLayer(
+        16, 2, dim_feedforward=32, dropout=0.0, batch_first=True
+    )
     return model, torch.optim.RMSprop(model.parameters(), lr=1e-3, weight_decay=0.01), None
 
 
@@ -203,8 +212,12 @@ def _three_groups_steplr():
         [
             {"params": [model[0].weight], "weight_decay": 0.1},
             {"params": [model[0].bias, model[1].weight, model[1].bias]},
-            {"params": [model[3].weight, model[3].bias], "lr": 3e-3, "momentum": 0.9,
-             "centered": True},
+            {
+                "params": [model[3].weight, model[3].bias],
+                "lr": 3e-3,
+                "momentum": 0.9,
+                "centered": True,
+            },
         ],
         lr=1e-2,
     )
@@ -266,16 +279,30 @@ def test_a_frozen_part_that_never_got_gradients():
         (lambda o: L.ConstantLR(o, 0.3, total_iters=20), None),
         (lambda o: L.PolynomialLR(o, total_iters=60, power=2.0), None),
         (lambda o: L.OneCycleLR(o, max_lr=[0.5, 1.0], total_steps=160), None),
-        (lambda o: L.SequentialLR(o, [L.LinearLR(o, 0.1, total_iters=5),
-                                      L.CosineAnnealingLR(o, 40)], [5]), 150),
+        (
+            lambda o: L.SequentialLR(
+                o, [L.LinearLR(o, 0.1, total_iters=5), L.CosineAnnealingLR(o, 40)], [5]
+            ),
+            150,
+        ),
     ],
-    ids=["step", "multistep", "exponential", "cosine", "linear", "constant", "polynomial",
-         "onecycle", "sequential"],
+    ids=[
+        "step",
+        "multistep",
+        "exponential",
+        "cosine",
+        "linear",
+        "constant",
+        "polynomial",
+        "onecycle",
+        "sequential",
+    ],
 )
 def test_schedules_equal_torch_get_last_lr_float_for_float(make, horizon):
     model = torch.nn.Linear(2, 2)
-    opt = torch.optim.RMSprop([{"params": [model.weight]}, {"params": [model.bias], "lr": 0.5}],
-                              lr=0.1)
+    opt = torch.optim.RMSprop(
+        [{"params": [model.weight]}, {"params": [model.bias], "lr": 0.5}], lr=0.1
+    )
     sched = make(opt)
     for _ in range(9):
         opt.step()
@@ -304,8 +331,10 @@ def test_past_the_table_the_lr_is_nan_and_a_settled_one_holds():
         (lambda o: L.MultiplicativeLR(o, lambda e: 0.9), "optax schedule"),
         (lambda o: L.ReduceLROnPlateau(o), "optax.contrib.reduce_on_plateau"),
         (lambda o: L.ChainedScheduler([L.StepLR(o, 2), L.ExponentialLR(o, 0.9)]), "product"),
-        (lambda o: L.SequentialLR(o, [L.LambdaLR(o, lambda e: 1.0), L.StepLR(o, 2)], [3]),
-         r"_schedulers\[0\] is a LambdaLR"),
+        (
+            lambda o: L.SequentialLR(o, [L.LambdaLR(o, lambda e: 1.0), L.StepLR(o, 2)], [3]),
+            r"_schedulers\[0\] is a LambdaLR",
+        ),
     ],
     ids=["lambda", "multiplicative", "plateau", "chained", "sequential_of_lambda"],
 )
@@ -326,7 +355,9 @@ def test_a_scheduler_that_never_settles_needs_a_horizon():
 def test_parameters_outside_the_optimizer_or_the_model_are_refused():
     model = _mlp()
     opt = torch.optim.RMSprop(model[3].parameters())
-    with pytest.raises(ValueError, match=r"\['0.weight', '0.bias', '1.weight', '1.bias'\] are in no"):
+    with pytest.raises(
+        ValueError, match=r"\['0.weight', '0.bias', '1.weight', '1.bias'\] are in no"
+    ):
         interop.from_torch(model, opt)
     opt = torch.optim.RMSprop([*model.parameters(), torch.nn.Parameter(torch.ones(2))])
     with pytest.raises(ValueError, match=r"param_groups\[0\]\['params'\]\[6\].*not a parameter"):
@@ -334,7 +365,9 @@ def test_parameters_outside_the_optimizer_or_the_model_are_refused():
 
 
 def test_a_tied_weight_is_one_parameter_under_its_first_name():
-    model = torch.nn.Sequential(torch.nn.Linear(3, 3, bias=False), torch.nn.Linear(3, 3, bias=False))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(3, 3, bias=False), torch.nn.Linear(3, 3, bias=False)
+    )
     model[1].weight = model[0].weight
     params, _, opt_state = interop.from_torch(model, torch.optim.RMSprop(model.parameters()))
     assert list(params) == ["0.weight"] and opt_state.step.shape == (1,)
@@ -345,8 +378,11 @@ def test_from_state_dicts_equals_from_the_objects():
     model, opt, sched = _three_groups_steplr()
     _train(model, opt, sched, _batches((6,), 3, torch.float32), _square_loss, 1, 0)
     names = [n for n, _ in model.named_parameters()]
-    order = [names[[id(p) for p in model.parameters()].index(id(q))]
-             for g in opt.param_groups for q in g["params"]]
+    order = [
+        names[[id(p) for p in model.parameters()].index(id(q))]
+        for g in opt.param_groups
+        for q in g["params"]
+    ]
     a = interop.from_torch(model, opt, sched, horizon=5)
     b = interop.from_torch_state_dicts(
         model.state_dict(), opt.state_dict(), order, (L.StepLR, sched.state_dict()), horizon=5
@@ -365,10 +401,13 @@ def test_position_based_functions_refuse_a_dict_flattened_out_of_order():
     from collections import OrderedDict
 
     _, state = jrmsprop_interop_position(opt.state_dict(), OrderedDict(by_name))
-    assert_close(torch.from_numpy(np.array(state.square_avg["0.weight"])),
-                 opt.state_dict()["state"][0]["square_avg"])
-    bad_state = state._replace(square_avg=dict(state.square_avg), momentum_buffer=None,
-                               grad_avg=None)
+    assert_close(
+        torch.from_numpy(np.array(state.square_avg["0.weight"])),
+        opt.state_dict()["state"][0]["square_avg"],
+    )
+    bad_state = state._replace(
+        square_avg=dict(state.square_avg), momentum_buffer=None, grad_avg=None
+    )
     with pytest.raises(ValueError, match="sorted order"):
         interop.to_torch_state_dict({}, bad_state)
 
