@@ -35,6 +35,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -71,6 +72,20 @@ DTYPES = ("float32", "bfloat16")
 HYPER = {"lr": 1e-3, "alpha": 0.99, "eps": 1e-8}
 # The committed record (results.json, bench.png) the README shows; --record refreshes it.
 RECORD = "benchmarks"
+
+
+def _in_checkout() -> bool:
+    """Whether the working directory is jrmsprop's repository root."""
+    return all(os.path.exists(x) for x in ("pyproject.toml", RECORD, os.path.join("jrmsprop", "bench.py")))
+
+
+def _runs_root() -> str:
+    """Where a run without --out goes: benchmarks/runs/ (ignored by git) in the
+    repository root, else a folder under the system's temporary directory, so an
+    installed jrmsprop never writes into whatever directory the user stands in."""
+    if _in_checkout():
+        return os.path.join(RECORD, "runs")
+    return os.path.join(tempfile.gettempdir(), "jrmsprop-bench")
 
 
 def _transformer_shapes(vocab: int, seq: int, width: int, layers: int) -> list[tuple]:
@@ -676,7 +691,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="run every impl on every cell (adds minutes of per-leaf compiles)")
     p.add_argument("--out", default=None,
                    help="folder for results.json and the plot (default: a fresh "
-                        "benchmarks/runs/<UTC time>/, ignored by git)")
+                        "benchmarks/runs/<UTC time>/ in the repository root, ignored by git; elsewhere "
+                        "<temp dir>/jrmsprop-bench/<UTC time>/)")
     p.add_argument("--record", action="store_true",
                    help="write to benchmarks/, the committed record the README shows")
     p.add_argument("--no-plot", action="store_true")
@@ -691,9 +707,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"unknown {name} {', '.join(bad)}; choose from {', '.join(allowed)}")
     if args.record and args.out is not None:
         p.error("--record writes to benchmarks/; leave out --out")
+    if args.record and not _in_checkout():
+        p.error("--record refreshes the repository's benchmarks/: run it from the repository root")
     if args.out is None:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        args.out = RECORD if args.record else os.path.join(RECORD, "runs", stamp)
+        args.out = RECORD if args.record else os.path.join(_runs_root(), stamp)
     args.repeats = args.repeats or (3 if args.tiny else 20)
     args.sweep = args.sweep if args.sweep is not None else ([1, 4, 20] if args.tiny else [1, 10, 100, 1000, 3000, 10000])
     args.sweep_elements = args.sweep_elements or (200 if args.tiny else 10_000_000)

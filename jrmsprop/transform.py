@@ -262,8 +262,31 @@ def _wants_momentum_buffer(momentum: Any) -> bool:
     return True if number is None else number > 0
 
 
+_DEFAULT_LR = 1e-2
+
+
+def _lr_or_learning_rate(lr: ScalarOrSchedule, learning_rate: ScalarOrSchedule | None):
+    """The step size, from torch's ``lr`` or optax's ``learning_rate``.
+
+    ``optax.inject_hyperparams`` passes every parameter, defaults included, as
+    an array: an ``lr`` equal to its default in its own dtype, or a traced one
+    (its value unknown), counts as not given when ``learning_rate`` is.
+    """
+    if learning_rate is None:
+        return lr
+    if isinstance(lr, jax.core.Tracer):
+        return learning_rate
+    given = callable(lr) or np.asarray(lr) != np.asarray(_DEFAULT_LR).astype(np.asarray(lr).dtype)
+    if given:
+        raise TypeError(
+            f"rmsprop: got both lr={lr!r} and learning_rate={learning_rate!r}; give one "
+            "(learning_rate is optax's name for torch's lr)"
+        )
+    return learning_rate
+
+
 def rmsprop(
-    lr: ScalarOrSchedule = 1e-2,
+    lr: ScalarOrSchedule = _DEFAULT_LR,
     alpha: Scalar = 0.99,
     eps: Scalar = 1e-8,
     weight_decay: Scalar = 0.0,
@@ -273,6 +296,8 @@ def rmsprop(
     foreach: bool | None = None,
     maximize: bool = False,
     differentiable: bool = False,
+    *,
+    learning_rate: ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""PyTorch's ``torch.optim.RMSprop``, number for number, as optax.
 
@@ -344,6 +369,13 @@ def rmsprop(
       maximize: maximize the objective instead of minimizing it.
       differentiable: torch's flag for autograd through ``step``. Accepted,
         no effect: ``update`` is always differentiable with ``jax.grad``.
+      learning_rate: optax's name for ``lr`` (keyword only), so optax code
+        such as ``optax.inject_hyperparams(jrmsprop.rmsprop)(learning_rate=1e-3)``
+        and ``optax.tree_utils.tree_get(state, "learning_rate")`` runs
+        unchanged. Give ``lr`` or ``learning_rate``, not both. Under
+        ``inject_hyperparams`` the state's hyperparameters then hold both
+        names (optax fills in every default); ``learning_rate`` is the one
+        that acts.
 
     The positional order is ``torch.optim.RMSprop``'s (after ``params``).
 
@@ -363,6 +395,7 @@ def rmsprop(
       >>> updates, state = opt.update(grads, state, params)
       >>> params = optax.apply_updates(params, updates)
     """
+    lr = _lr_or_learning_rate(lr, learning_rate)
     check_hyperparams(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
     del capturable, foreach, differentiable  # accepted for torch's signature; see Args
 

@@ -8,6 +8,8 @@ size of a parameter; outputs alias the donated params and state).
 
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -136,6 +138,16 @@ def test_a_run_writes_to_a_fresh_folder_unless_recording():
         bench.parse_args(["--record", "--out", "x"])
     ignored = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().split()
     assert "benchmarks/runs/" in ignored
+
+
+def test_outside_the_repository_a_run_writes_under_the_temp_dir(tmp_path, monkeypatch):
+    """An installed jrmsprop run from any folder writes nothing there."""
+    monkeypatch.chdir(tmp_path)
+    out = bench.parse_args(["--tiny"]).out
+    assert out.startswith(os.path.join(tempfile.gettempdir(), "jrmsprop-bench") + os.sep), out
+    assert bench.parse_args(["--tiny", "--out", "mine"]).out == "mine"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--tiny", "--record"])
 
 
 def test_a_run_with_one_sweep_point_saves_no_empty_chart(tmp_path):

@@ -227,7 +227,10 @@ def test_torch_keywords_are_accepted_in_torchs_order():
     import inspect
 
     torch_names = list(inspect.signature(torch.optim.RMSprop.__init__).parameters)[2:]
-    assert list(inspect.signature(jrmsprop.rmsprop).parameters) == torch_names
+    ours = inspect.signature(jrmsprop.rmsprop).parameters
+    # torch's positional order, then optax's name for lr, keyword only.
+    assert list(ours) == [*torch_names, "learning_rate"]
+    assert ours["learning_rate"].kind is inspect.Parameter.KEYWORD_ONLY
     params = [jnp.arange(3.0)]
     grads = [jnp.array([0.5, -1.0, 2.0])]
     results = []
@@ -251,6 +254,11 @@ def test_order_of_the_division_is_torchs_addcdiv():
     params = jnp.asarray(p0)
     updates, _ = jax.jit(opt.update)(jnp.asarray(g), opt.init(params), params)
     ours = np.asarray(optax.apply_updates(params, updates))
-    # -lr * (g / avg) gives about 10% of elements 1 ulp off torch; torch's order about 0.2%
-    # (torch's vectorized kernel rounds a few differently).
-    assert np.mean(ours != tp.detach().numpy()) < 0.01
+    # How many elements torch's vectorized kernel rounds differently depends on the CPU
+    # (measured: 0.2% on one machine, 4.8% on another); the other order, -lr * (g / avg),
+    # is 1 ulp off on several times as many (10%, 18% there).
+    avg = jnp.sqrt(0.01 * jnp.asarray(g) ** 2) + 1e-8
+    other = np.asarray(jax.jit(lambda p, g, a: p - 0.01 * (g / a))(params, jnp.asarray(g), avg))
+    ref = tp.detach().numpy()
+    assert np.mean(ours != ref) < 0.1
+    assert np.mean(ours != ref) < np.mean(other != ref) / 3
