@@ -109,8 +109,10 @@ def detached_copy(scheduler: Any, groups: Sequence[Mapping]) -> Any:
     stand_in = torch.optim.SGD(
         [
             # Every key a scheduler may keep in a group (OneCycleLR's max_lr, ...).
-            {**copy.deepcopy({k: v for k, v in group.items() if k != "params"}),
-             "params": [torch.zeros(())]}
+            {
+                **copy.deepcopy({k: v for k, v in group.items() if k != "params"}),
+                "params": [torch.zeros(())],
+            }
             for group in groups
         ]
     )
@@ -173,6 +175,69 @@ def _lr_number(value: Any) -> float:
     return float(value.item() if hasattr(value, "item") else value)
 
 
+def schedules_of(
+    scheduler: Any,
+    groups: Sequence[Mapping] | None = None,
+    *,
+    steps_per_scheduler_step: int = 1,
+    horizon: int | None = None,
+) -> tuple[dict, int]:
+    """The hyperparameters a scheduler moves, as optax schedules per param group.
+
+    As :func:`from_torch_scheduler`, which returns the ``"lr"`` entry, but as
+    ``({"lr": [...], "momentum": [...]?}, count)``: ``"momentum"`` when the
+    scheduler moves it too (``OneCycleLR(cycle_momentum=True)``).
+    """
+    check_translatable(scheduler)
+    if not isinstance(steps_per_scheduler_step, int) or steps_per_scheduler_step < 1:
+        raise ValueError(
+            f"steps_per_scheduler_step must be a positive int, got {steps_per_scheduler_step!r}"
+        )
+    if horizon is not None and (not isinstance(horizon, int) or horizon < 1):
+        raise ValueError(f"horizon must be a positive int (optimizer steps), got {horizon!r}")
+    if groups is None:
+        groups = scheduler.optimizer.param_groups
+    twin = detached_copy(scheduler, groups)
+    start = int(twin.last_epoch)
+    settles, ends = _settles_at(twin), _ends_at(twin)
+    k = steps_per_scheduler_step
+    last = None if horizon is None else start + (horizon - 1) // k
+    if settles is not None:
+        last = max(start, settles) if last is None else min(last, max(start, settles))
+    if ends is not None:
+        last = ends if last is None else min(last, ends)
+    if last is None:
+        raise ValueError(
+            f"a {type(twin).__name__} never settles on one lr: pass horizon=the number of "
+            "optimizer steps the JAX run will take, so its lrs can be tabulated from torch's"
+        )
+    # OneCycleLR(cycle_momentum=True) also moves each group's momentum.
+    keys = ["lr"] + (["momentum"] if getattr(twin, "cycle_momentum", False) else [])
+    rows = [[[_lr_number(g[key]) for g in twin.optimizer.param_groups] for key in keys]]
+    for _ in range(start, last):
+        step_quietly(twin)
+        rows.append([[_lr_number(g[key]) for g in twin.optimizer.param_groups] for key in keys])
+    table = np.asarray(rows, np.float64)  # (epoch, key, group)
+    holds = settles is not None and last == max(start, settles)
+
+    def make(column: np.ndarray) -> Callable[[jax.Array], jax.Array]:
+        padded = np.append(column, np.nan)
+
+        def schedule(count: jax.Array) -> jax.Array:
+            # Before the current position: the current value (what init reads).
+            index = jnp.maximum(jnp.asarray(count) // k - start, 0)
+            if holds:
+                index = jnp.minimum(index, len(column) - 1)
+            return jnp.asarray(padded)[jnp.minimum(index, len(column))]
+
+        return schedule
+
+    columns = {
+        key: [make(table[:, j, i]) for i in range(table.shape[2])] for j, key in enumerate(keys)
+    }
+    return columns, start * k
+
+
 def from_torch_scheduler(
     scheduler: Any,
     groups: Sequence[Mapping] | None = None,
@@ -195,8 +260,9 @@ def from_torch_scheduler(
     lr never changes (``LinearLR``, ``ConstantLR``, ``PolynomialLR``,
     ``MultiStepLR``, and a ``SequentialLR`` ending in one; the lr stays there
     afterwards), to ``OneCycleLR``'s last step, or over ``horizon``. Past the
-    table (and before the scheduler's current position) the lr is NaN, so an
-    overrun cannot pass unnoticed, as torch's ``OneCycleLR`` raises past its end.
+    table the lr is NaN, so an overrun cannot pass unnoticed (torch's
+    ``OneCycleLR`` raises past its end); before the scheduler's current position
+    it is the current lr.
 
     Args:
       scheduler: a ``torch.optim.lr_scheduler`` ``StepLR``, ``MultiStepLR``,
@@ -227,49 +293,10 @@ def from_torch_scheduler(
       >>> opt = torch.optim.RMSprop(torch.nn.Linear(2, 1).parameters(), lr=0.1)
       >>> sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
       >>> (lr,), count = schedules.from_torch_scheduler(sched, horizon=10)
-      >>> [round(float(lr(n)), 6) for n in range(count, count + 5)]
+      >>> [round(float(lr(n)), 6) for n in range(count, count + 5)]  # float32 unless x64
       [0.1, 0.1, 0.05, 0.05, 0.025]
     """
-    check_translatable(scheduler)
-    if not isinstance(steps_per_scheduler_step, int) or steps_per_scheduler_step < 1:
-        raise ValueError(
-            f"steps_per_scheduler_step must be a positive int, got {steps_per_scheduler_step!r}"
-        )
-    if horizon is not None and (not isinstance(horizon, int) or horizon < 1):
-        raise ValueError(f"horizon must be a positive int (optimizer steps), got {horizon!r}")
-    if groups is None:
-        groups = scheduler.optimizer.param_groups
-    twin = detached_copy(scheduler, groups)
-    start = int(twin.last_epoch)
-    settles, ends = _settles_at(twin), _ends_at(twin)
-    k = steps_per_scheduler_step
-    last = None if horizon is None else start + (horizon - 1) // k
-    if settles is not None:
-        last = max(start, settles) if last is None else min(last, max(start, settles))
-    if ends is not None:
-        last = ends if last is None else min(last, ends)
-    if last is None:
-        raise ValueError(
-            f"a {type(twin).__name__} never settles on one lr: pass horizon=the number of "
-            "optimizer steps the JAX run will take, so its lrs can be tabulated from torch's"
-        )
-    table = [[_lr_number(g["lr"]) for g in twin.optimizer.param_groups]]
-    for _ in range(start, last):
-        step_quietly(twin)
-        table.append([_lr_number(g["lr"]) for g in twin.optimizer.param_groups])
-    table = np.asarray(table, np.float64)
-    holds = settles is not None and last == max(start, settles)
-
-    def make(column: np.ndarray) -> Callable[[jax.Array], jax.Array]:
-        padded = np.append(column, np.nan)
-
-        def schedule(count: jax.Array) -> jax.Array:
-            index = jnp.asarray(count) // k - start
-            if holds:
-                index = jnp.minimum(index, len(column) - 1)
-            index = jnp.where((index < 0) | (index >= len(column)), len(column), index)
-            return jnp.asarray(padded)[index]
-
-        return schedule
-
-    return [make(table[:, i]) for i in range(table.shape[1])], start * k
+    columns, count = schedules_of(
+        scheduler, groups, steps_per_scheduler_step=steps_per_scheduler_step, horizon=horizon
+    )
+    return columns["lr"], count

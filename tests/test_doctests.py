@@ -22,6 +22,8 @@ MUST_HAVE_EXAMPLES = {
     "jrmsprop.adapter.FunctionalRMSprop",
     "jrmsprop.interop.from_torch_state_dict",
     "jrmsprop.interop.to_torch_state_dict",
+    "jrmsprop.interop.from_torch",
+    "jrmsprop.schedules.from_torch_scheduler",
     "jrmsprop.parallel.shard_state",
 }
 
