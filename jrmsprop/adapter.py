@@ -36,6 +36,7 @@ from jrmsprop.validation import (
     path_str,
     state_dict_parts,
     step_count,
+    upcast,
 )
 
 _WHO = "FunctionalRMSprop"
@@ -175,7 +176,8 @@ class FunctionalRMSprop:
     * **A step is all or nothing.** Every check runs before anything is
       donated: the gradient count and structure, each gradient's and
       parameter's type, shape and dtype (numpy gradients included: a float64
-      gradient for a float32 parameter is refused), deleted arrays, a
+      gradient for a float32 parameter is refused; a narrower one, bfloat16
+      or float16 for float32, is upcast losslessly), deleted arrays, a
       gradient that is a parameter or a state buffer, one array at two
       parameter positions, the values in ``defaults`` and a momentum buffer
       for each parameter that needs one. A step that raises any of these
@@ -375,8 +377,8 @@ class FunctionalRMSprop:
             array is deleted, a gradient is a parameter or a state buffer,
             one array sits at two parameter positions, or a parameter needs a
             momentum buffer it does not have.
-          TypeError: a gradient or parameter is not an array, or a dtype
-            differs from the parameter's.
+          TypeError: a gradient or parameter is not an array, or a gradient's
+            dtype is neither the parameter's nor a narrower one of its kind.
           RuntimeError: ``foreach=True`` and the device failed after some
             units ran; those units are committed (see the class docstring).
         """
@@ -408,6 +410,9 @@ class FunctionalRMSprop:
         grads = self._grad_list(gradients)
         stepping = tuple(i for i, g in enumerate(grads) if g is not None)
         check_gradients(grads, stepping, leaves, self._paths, self._states, _WHO)
+        if any(grads[i].dtype != leaves[i].dtype for i in stepping):
+            # Narrower gradients (bfloat16 for float32 params, ...) upcast losslessly.
+            grads = [upcast(g, p.dtype) for g, p in zip(grads, leaves)]
         positions = np.array(stepping, np.int64)
         use_momentum = bool(hyper[4] > 0)
         if use_momentum:

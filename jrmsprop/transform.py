@@ -16,11 +16,13 @@ import numpy as np
 import optax
 
 from jrmsprop.validation import (
+    check_grad,
     check_hyperparams,
     check_leaves,
     check_pair,
     concrete_number,
     path_str,
+    upcast,
 )
 
 Scalar = float | jax.Array
@@ -427,7 +429,9 @@ def rmsprop(
         grads = _leaves_like(treedef, updates, "grads")
         square_avgs = treedef.flatten_up_to(state.square_avg)
         for path, g, s in zip(paths, grads, square_avgs):
-            check_pair(path, g, s, "grads", "the optimizer state")
+            check_grad(path, g, s, "grads", "the optimizer state")
+        # Narrower gradients (bfloat16 for float32 params, ...) upcast losslessly.
+        grads = [upcast(g, s.dtype) for g, s in zip(grads, square_avgs)]
         param_leaves = _param_leaves(treedef, paths, params, square_avgs, weight_decay)
 
         def leaves_or_nones(tree):

@@ -66,10 +66,34 @@ def describe(x: Any) -> str:
     return type(x).__name__
 
 
-def is_optimizable(dtype: Any) -> bool:
-    return dtype is not None and (
-        jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.complexfloating)
+_OPTIMIZABLE = frozenset(
+    jnp.dtype(d)
+    for d in (jnp.float16, jnp.bfloat16, jnp.float32, jnp.float64, jnp.complex64, jnp.complex128)
+)
+
+# Per parameter dtype, the narrower gradient dtypes whose every value it holds
+# exactly: they are upcast (``astype``) before the step, so the step sees the
+# very numbers of the gradient. float16 and bfloat16 hold values the other
+# cannot, so neither upcasts to the other.
+UPCASTS = {
+    jnp.dtype(param): frozenset(map(jnp.dtype, grads))
+    for param, grads in (
+        (jnp.float32, (jnp.float16, jnp.bfloat16)),
+        (jnp.float64, (jnp.float16, jnp.bfloat16, jnp.float32)),
+        (jnp.complex128, (jnp.complex64,)),
     )
+}
+
+
+def is_optimizable(dtype: Any) -> bool:
+    """Whether RMSprop steps arrays of ``dtype``: float16, bfloat16, float32,
+    float64, complex64, complex128 (not integers, booleans, float8 or float4)."""
+    if dtype is None:
+        return False
+    try:
+        return jnp.dtype(dtype) in _OPTIMIZABLE
+    except TypeError:
+        return False
 
 
 def check_leaves(tree: Any, what: str) -> None:
@@ -79,7 +103,8 @@ def check_leaves(tree: Any, what: str) -> None:
             raise TypeError(
                 f"rmsprop: {what} leaf {path_str(path)} is {describe(leaf)}; "
                 f"RMSprop steps only {SUPPORTED_DTYPES} arrays "
-                "(integer and boolean parameters cannot be optimized, as in torch)"
+                "(integer and boolean parameters cannot be optimized, as in torch; "
+                "nor can float8 or float4 ones)"
             )
 
 
@@ -102,6 +127,56 @@ def check_pair(path, leaf, ref, what: str, ref_what: str) -> None:
             f"rmsprop: dtype mismatch at {path_str(path)}: {what} is "
             f"{jnp.dtype(leaf.dtype).name}, {ref_what} is {jnp.dtype(ref.dtype).name}"
         )
+
+
+def check_grad(path, grad, ref, what: str, ref_what: str) -> None:
+    """:func:`check_pair` for a gradient, which may also be narrower than ``ref``.
+
+    A gradient of a dtype in ``UPCASTS[ref.dtype]`` (bfloat16 or float16 for
+    float32, up to float32 for float64, complex64 for complex128) is accepted:
+    the caller upcasts it, losslessly. A wider gradient, or one of the other
+    kind (real for complex, complex for real), raises ``TypeError`` saying
+    which cast is wanted.
+    """
+    if (
+        (leaf_dtype := getattr(grad, "dtype", None)) is None
+        or not hasattr(grad, "shape")
+        or not hasattr(ref, "dtype")
+    ):
+        return check_pair(path, grad, ref, what, ref_what)
+    g, r = jnp.dtype(leaf_dtype), jnp.dtype(ref.dtype)
+    if g == r or g in UPCASTS.get(r, ()):
+        return check_pair(path, grad, ArraySpec(tuple(ref.shape), grad.dtype), what, ref_what)
+    where = (
+        f"rmsprop: dtype mismatch at {path_str(path)}: {what} is {g.name}, {ref_what} is {r.name}"
+    )
+    g_complex = jnp.issubdtype(g, jnp.complexfloating)
+    r_complex = jnp.issubdtype(r, jnp.complexfloating)
+    if g_complex != r_complex:
+        kind = "complex" if r_complex else "real"
+        raise TypeError(
+            f"{where}: a {'real' if r_complex else 'complex'} gradient for a {kind} "
+            f"parameter; give a {r.name} gradient (for a {kind} parameter the gradient "
+            f"is {kind}, e.g. from jax.grad of a real loss)"
+        )
+    if is_optimizable(g) and g.itemsize > r.itemsize:
+        raise TypeError(
+            f"{where}: the gradient is wider than the parameter (narrower gradients are "
+            f"upcast losslessly, wider ones would be rounded). Cast the gradients to "
+            f"{r.name} yourself if that rounding is meant: "
+            f"jax.tree.map(lambda g: g.astype(jnp.{r.name}), grads)"
+        )
+    raise TypeError(
+        f"{where}; accepted gradient dtypes for a {r.name} parameter: "
+        + ", ".join(d.name for d in sorted({r, *UPCASTS.get(r, ())}, key=lambda d: d.itemsize))
+    )
+
+
+def upcast(grad: Any, dtype: Any) -> Any:
+    """``grad`` as ``dtype`` (a lossless upcast after :func:`check_grad`); ``None`` stays."""
+    if grad is None or jnp.dtype(grad.dtype) == jnp.dtype(dtype):
+        return grad
+    return jnp.asarray(grad).astype(dtype)
 
 
 # What torch.optim.RMSprop keeps per parameter, and the hyperparameters of its group.
@@ -274,7 +349,8 @@ def check_gradients(
     """Checks the gradients of a step that donates ``params`` and the ``states`` buffers.
 
     Each ``grads[i]`` for ``i`` in ``stepping`` must be an array (JAX or
-    numpy) of ``params[i]``'s shape and dtype, not deleted, and neither a
+    numpy) of ``params[i]``'s shape and dtype (or a narrower dtype that
+    upcasts losslessly, see :func:`check_grad`), not deleted, and neither a
     parameter nor a state buffer (a donated array cannot also be read).
 
     Args:
@@ -302,7 +378,7 @@ def check_gradients(
         g, where = grads[i], path_str(paths[i])
         if not isinstance(g, (jax.Array, np.ndarray)):
             raise TypeError(f"{who}: gradient {where} is a {type(g).__name__}, not an array")
-        check_pair(paths[i], g, params[i], "gradients", "params")
+        check_grad(paths[i], g, params[i], "gradients", "params")
         j = param_ids.get(id(g))
         if j is not None or id(g) in state_ids:
             what = (
