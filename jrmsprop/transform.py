@@ -20,7 +20,6 @@ from jrmsprop.validation import (
     check_hyperparams,
     check_leaves,
     check_pair,
-    concrete_number,
     path_str,
     upcast,
 )
@@ -135,12 +134,20 @@ def rmsprop_math(
         square_avg = stored(square_avg)
         avg = jnp.sqrt(square_avg)
     avg = avg + eps
-    if momentum_buffer is not None:
+    # torch's addcdiv_(g, avg, value=-lr): (-lr * g) / avg, in that order.
+    if momentum_buffer is None or (isinstance(momentum, (int, float)) and momentum == 0):
+        # torch's rule: with momentum 0 a kept buffer is left as it is.
+        update = (-lr * grad) / avg
+    elif isinstance(momentum, (int, float)):
         momentum_buffer = stored(momentum_buffer * momentum + grad / avg)
         update = -lr * momentum_buffer
     else:
-        # torch's addcdiv_(g, avg, value=-lr): (-lr * g) / avg, in that order.
-        update = (-lr * grad) / avg
+        # A momentum array (inject_hyperparams) may be 0 at run time: torch's rule then.
+        on = momentum > 0
+        momentum_buffer = stored(
+            jnp.where(on, momentum_buffer * momentum + grad / avg, momentum_buffer)
+        )
+        update = jnp.where(on, -lr * momentum_buffer, (-lr * grad) / avg)
     return update, square_avg, grad_avg, momentum_buffer
 
 
@@ -223,10 +230,15 @@ def _check_state(state: Any, centered: bool, momentum: Any) -> tuple:
             f"transformation is{'' if centered else ' not'} centered: the state was "
             f"created by {made}"
         )
-    if state.momentum_buffer is None and isinstance(momentum, (int, float)) and momentum > 0:
+    if state.momentum_buffer is None and _wants_momentum_buffer(momentum):
+        given = (
+            f"momentum={momentum}"
+            if _static_momentum(momentum) is not None
+            else "momentum given as a JAX array (as optax.inject_hyperparams passes it)"
+        )
         raise ValueError(
-            f"rmsprop: momentum={momentum} needs a momentum_buffer, and the state "
-            "has none: it was created with momentum=0"
+            f"rmsprop: {given} needs a momentum_buffer, and the state has none: it was "
+            "created with momentum=0 as a number (a momentum array always gets a buffer)"
         )
     with_path, treedef = jax.tree_util.tree_flatten_with_path(state.square_avg)
     paths = [path for path, _ in with_path]
@@ -258,15 +270,25 @@ def _describe_step(step: Any) -> str:
     return f"a {type(step).__name__} (a state from an older jrmsprop keeps one step per leaf)"
 
 
-def _wants_momentum_buffer(momentum: Any) -> bool:
-    """Whether ``init`` allocates a momentum buffer.
+def _static_momentum(momentum: Any) -> float | None:
+    """``momentum``'s value when it is a host value (a Python number or numpy
+    scalar/array), else ``None`` (a JAX array, concrete or traced)."""
+    if isinstance(momentum, (int, float, np.generic, np.ndarray)):
+        return float(np.real(np.asarray(momentum)))
+    return None
 
-    A number or concrete array: when it is > 0, as torch decides. A traced
-    value (init under ``jit`` with a traced momentum): always, since its value
-    cannot be read and a buffer with momentum 0 gives torch's momentum-free
-    result.
+
+def _wants_momentum_buffer(momentum: Any) -> bool:
+    """Whether ``init`` allocates a momentum buffer: a static rule, never the trace's.
+
+    A Python number or numpy scalar/array: when it is > 0, as torch decides.
+    A JAX array (what ``optax.inject_hyperparams`` passes, and a traced
+    value): always, whatever its value, since a buffer with momentum 0 gives
+    torch's momentum-free steps and lets momentum be switched on later. So
+    ``init`` eager, under ``jax.jit`` and under ``jax.eval_shape`` builds the
+    same tree.
     """
-    number = concrete_number(momentum)
+    number = _static_momentum(momentum)
     return True if number is None else number > 0
 
 
@@ -367,7 +389,13 @@ def rmsprop(
       eps: added to the denominator, outside the square root.
       weight_decay: coupled L2 penalty (``g + weight_decay * p``); needs
         ``params`` in ``update`` when non-zero.
-      momentum: momentum factor; a buffer is kept when it is > 0 at ``init``.
+      momentum: momentum factor. ``init`` keeps a buffer when it is a Python
+        number or numpy scalar > 0, and always when it is a JAX array (as
+        ``optax.inject_hyperparams`` passes it; traced too): the state's
+        structure never depends on tracing. While momentum is 0 a kept
+        buffer is left as it is (torch's rule for a group's momentum set to
+        0). A momentum array over a state made with momentum 0 (a number)
+        is a ``ValueError``.
       centered: normalize by the variance estimate instead of the second moment.
       capturable: torch's CUDA-graph flag. Accepted, no effect: a jitted step
         is always one captured program, with ``step`` kept on the device.
