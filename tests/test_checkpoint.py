@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+import pytest
 from torch_reference import jitted_step
 
 import jrmsprop
@@ -51,12 +52,12 @@ def _assert_bitwise_equal(a, b):
         assert x.tobytes() == y.tobytes()
 
 
-def _make_opt():
+def _make_opt(momentum=0.9):
     # A schedule makes `count` matter: a resumed run with a wrong count diverges.
     schedule = optax.exponential_decay(1e-2, transition_steps=5, decay_rate=0.7)
     return optax.chain(
         optax.clip_by_global_norm(5.0),
-        jrmsprop.rmsprop(lr=schedule, momentum=0.9, centered=True, weight_decay=0.01),
+        jrmsprop.rmsprop(lr=schedule, momentum=momentum, centered=True, weight_decay=0.01),
     )
 
 
@@ -66,9 +67,11 @@ def _run(step, params, state, grads):
     return params, state
 
 
-def test_resumed_optax_run_is_bitwise_identical(tmp_path):
+# momentum 0: no momentum buffer, in the eager state and in eval_shape's alike.
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_resumed_optax_run_is_bitwise_identical(tmp_path, momentum):
     params0, grads = _data()
-    opt = _make_opt()
+    opt = _make_opt(momentum)
     step = jitted_step(opt)  # one compiled step (per None pattern) for all three runs
     straight = _run(step, params0, opt.init(params0), grads)
 
