@@ -166,3 +166,21 @@ def test_signature_shown_is_rmsprops():
     actual = inspect.signature(jrmsprop.rmsprop).parameters
     assert defaults == {name: p.default for name, p in actual.items()}
     assert list(defaults) == list(actual)
+
+
+def test_mixed_precision_and_momentum_paragraphs_name_their_tests():
+    core = _section("core")
+    for path in ("tests/test_mixed_precision.py", "tests/test_traced_init.py"):
+        assert path in core
+        assert (pathlib.Path(__file__).parent.parent / path).exists()
+
+
+def test_traced_negative_hyperparameter_raises_nothing():
+    # The Errors paragraph: a negative lr arriving traced cannot be read, so no error.
+    params = {"w": jnp.ones(2, jnp.float32)}
+    tx = optax.inject_hyperparams(jrmsprop.rmsprop)(lr=0.1)
+    state = tx.init(params)
+    state.hyperparams["lr"] = jnp.asarray(-1.0, jnp.float32)
+    jax.jit(tx.update)({"w": jnp.ones(2, jnp.float32)}, state, params)
+    sched = jrmsprop.rmsprop(lr=lambda count: -1.0)  # a schedule returning -1
+    sched.update({"w": jnp.ones(2, jnp.float32)}, sched.init(params), params)
