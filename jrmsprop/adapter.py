@@ -640,7 +640,10 @@ class FunctionalRMSprop:
 
     @property
     def state(self) -> dict[int, dict[str, jax.Array]]:
-        """Per position with state, torch's keys: a snapshot of new arrays, built on access."""
+        """The state of each position that has one, under torch's keys.
+
+        A snapshot of new arrays, built on each access, that later steps leave alone.
+        """
         with self._lock:
             buffers = self._per_position(self._layout.split)
             return self._entries(buffers, lambda n: jnp.asarray(n, jnp.int32))
@@ -649,10 +652,12 @@ class FunctionalRMSprop:
         """The state in ``torch.optim``'s layout, with numpy values.
 
         Returns:
-          ``{"state": {position: {"step": float32 0-d array, "square_avg":
-          ..., ...}}, "param_groups": [{lr, alpha, eps, weight_decay,
-          momentum, centered, foreach, maximize, "params": [0, ..., n-1]}]}``.
-          ``step`` is a float, as torch keeps it.
+          ``{"state": {position: entry}, "param_groups": [group]}``: each
+          ``entry`` holds ``"step"`` (a float32 0-d array: a float, as torch
+          keeps it), ``"square_avg"`` and, when present, ``"momentum_buffer"``
+          and ``"grad_avg"``; the one ``group`` holds ``lr``, ``alpha``,
+          ``eps``, ``weight_decay``, ``momentum``, ``centered``, ``foreach``,
+          ``maximize`` and ``"params": [0, ..., n-1]``.
         """
         with self._lock:
             buffers = self._per_position(self._layout.split_host)

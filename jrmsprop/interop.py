@@ -295,8 +295,9 @@ def to_torch_state_dict(hyperparams: Mapping, state: RMSpropState) -> dict:
       state: the :class:`jrmsprop.RMSpropState` to write.
 
     Returns:
-      ``{"state": {i: {"step", "square_avg", "momentum_buffer"?, "grad_avg"?}},
-      "param_groups": [{...}]}`` with torch tensors.
+      ``{"state": {i: entry}, "param_groups": [group]}`` with torch tensors:
+      each ``entry`` has ``"step"`` and ``"square_avg"``, and
+      ``"momentum_buffer"`` and ``"grad_avg"`` when the state has them.
 
     Example::
 
@@ -310,7 +311,7 @@ def to_torch_state_dict(hyperparams: Mapping, state: RMSpropState) -> dict:
 
     Raises:
       ImportError: torch is not installed.
-      TypeError: ``state`` is not an :class:`RMSpropState`, or a hyperparameter
+      TypeError: ``state`` is not an :class:`jrmsprop.RMSpropState`, or a hyperparameter
         is a schedule.
       ValueError: an unknown hyperparameter, or a state that does not fit the
         hyperparameters (momentum > 0 without a momentum buffer, centered
@@ -486,7 +487,7 @@ def from_torch_state_dicts(
       scheduler: ``None``, a scheduler object, or ``(class, scheduler_state_dict)``
         (e.g. ``(torch.optim.lr_scheduler.StepLR, checkpoint["scheduler"])``;
         ``SequentialLR`` needs the object, as its state dict does not name the
-        classes inside it). See :func:`jrmsprop.schedules.from_torch_scheduler`.
+        classes inside it). See ``jrmsprop.schedules.from_torch_scheduler``.
       steps_per_scheduler_step: optimizer steps per ``scheduler.step()``.
       horizon: optimizer steps to tabulate a scheduler that never settles for.
 
@@ -658,7 +659,7 @@ def from_torch(
       buffers and per-parameter steps; a parameter torch never stepped has zeros
       and step 0 and takes its first step as torch would.
     - With a ``scheduler``, each group's lr is an optax schedule continuing
-      torch's (see :func:`jrmsprop.schedules.from_torch_scheduler`) and the
+      torch's (see ``jrmsprop.schedules.from_torch_scheduler``) and the
       state's ``count`` is ``last_epoch * steps_per_scheduler_step``; without
       one, each group keeps its current lr and ``count`` is the largest step.
 

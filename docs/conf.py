@@ -1,0 +1,96 @@
+"""Sphinx configuration of jrmsprop's documentation site.
+
+Sphinx with myst-nb, as optax and flax build theirs: the pages are MyST Markdown, the API
+reference comes from the docstrings (autodoc, numpy/Google sections through napoleon) and the
+notebook is executed at build time, so its outputs and plots are the code's of today.
+``bash .ci/docs`` builds it with warnings as errors (``-W --keep-going -n``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+
+from sphinx.util import logging
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import jrmsprop  # noqa: E402
+
+project = "jrmsprop"
+author = "The jrmsprop developers"
+copyright = "2026, The jrmsprop developers"  # noqa: A001
+release = version = jrmsprop.__version__
+
+extensions = [
+    "myst_nb",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.viewcode",
+]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+suppress_warnings: list[str] = []
+
+# MyST: heading anchors so pages can link to sections (a broken one is a warning).
+myst_heading_anchors = 3
+myst_enable_extensions = ["colon_fence"]
+
+# myst-nb: run the notebook at every build (it is committed without outputs), fail on an error,
+# drop tqdm's stderr bars from the page.
+nb_execution_mode = "force"
+nb_execution_timeout = 600
+nb_execution_raise_on_error = True
+nb_output_stderr = "remove"
+nb_execution_show_tb = True
+
+# autodoc: the signature as written, type hints in the description.
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_format = "short"
+autodoc_type_aliases = {"RMSpropState": "jrmsprop.RMSpropState"}
+autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": False}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = True
+
+# nitpicky (-n): every cross-reference must resolve. There is no network at build time, so no
+# intersphinx: names from other projects and from Python's standard library are expected to stay
+# unresolved, and only those.
+nitpicky = True
+_EXTERNAL = (
+    r"(jax|jaxlib|jnp|optax|chex|numpy|np|torch|flax|equinox|orbax|typing|collections|"
+    r"types|enum|abc|contextlib|pathlib)(\..*)?"
+)
+nitpick_ignore_regex = [
+    (r"py:.*", _EXTERNAL),
+    (r"py:.*", r"(Any|Callable|Mapping|Sequence|Iterable|Iterator|NamedTuple|Optional|Union|"
+     r"ArrayTree|PyTree|Array|ArrayLike|DTypeLike|Rule|Mesh|NamedSharding|PartitionSpec|"
+     r"GradientTransformation|GradientTransformationExtraArgs|OptState|Params|Updates|"
+     r"ScalarOrSchedule|Schedule|Shape|Sharding|KeyPath|AbstractMesh)"),
+    (r"py:.*", r"(int|float|bool|str|bytes|dict|list|tuple|set|object|type|None|complex|"
+     r"Exception|ValueError|TypeError|RuntimeError|KeyError|slice|callable|optional)"),
+]
+
+html_theme = "sphinx_book_theme"
+html_title = f"jrmsprop {release}"
+html_theme_options = {
+    "show_toc_level": 2,
+    "navigation_with_keys": False,
+}
+html_static_path: list[str] = []
+
+# A public name without a docstring is a warning, so -W fails the build.
+_logger = logging.getLogger("jrmsprop.docs")
+
+
+def _warn_on_missing_docstring(app, what, name, obj, options, lines):
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf.startswith("_") or what in ("attribute", "data"):
+        return
+    if not any(line.strip() for line in lines) and not inspect.getdoc(obj):
+        _logger.warning(f"{name}: public {what} without a docstring", type="jrmsprop")
+
+
+def setup(app):
+    app.connect("autodoc-process-docstring", _warn_on_missing_docstring)
