@@ -17,11 +17,11 @@ from sphinx.util import logging
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import jrmsprop  # noqa: E402
+import jrmsprop
 
 project = "jrmsprop"
 author = "The jrmsprop developers"
-copyright = "2026, The jrmsprop developers"  # noqa: A001
+copyright = "2026, The jrmsprop developers"
 release = version = jrmsprop.__version__
 
 extensions = [
@@ -62,14 +62,20 @@ _EXTERNAL = (
     r"(jax|jaxlib|jnp|optax|chex|numpy|np|torch|flax|equinox|orbax|typing|collections|"
     r"types|enum|abc|contextlib|pathlib)(\..*)?"
 )
+_TYPING_NAMES = (
+    r"(Any|Callable|Mapping|Sequence|Iterable|Iterator|NamedTuple|Optional|Union|"
+    r"ArrayTree|PyTree|Array|ArrayLike|DTypeLike|Rule|Mesh|NamedSharding|PartitionSpec|"
+    r"GradientTransformation|GradientTransformationExtraArgs|OptState|Params|Updates|"
+    r"ScalarOrSchedule|Schedule|Shape|Sharding|KeyPath|AbstractMesh)"
+)
+_BUILTINS = (
+    r"(int|float|bool|str|bytes|dict|list|tuple|set|object|type|None|complex|"
+    r"Exception|ValueError|TypeError|RuntimeError|KeyError|slice|callable|optional)"
+)
 nitpick_ignore_regex = [
     (r"py:.*", _EXTERNAL),
-    (r"py:.*", r"(Any|Callable|Mapping|Sequence|Iterable|Iterator|NamedTuple|Optional|Union|"
-     r"ArrayTree|PyTree|Array|ArrayLike|DTypeLike|Rule|Mesh|NamedSharding|PartitionSpec|"
-     r"GradientTransformation|GradientTransformationExtraArgs|OptState|Params|Updates|"
-     r"ScalarOrSchedule|Schedule|Shape|Sharding|KeyPath|AbstractMesh)"),
-    (r"py:.*", r"(int|float|bool|str|bytes|dict|list|tuple|set|object|type|None|complex|"
-     r"Exception|ValueError|TypeError|RuntimeError|KeyError|slice|callable|optional)"),
+    (r"py:.*", _TYPING_NAMES),
+    (r"py:.*", _BUILTINS),
 ]
 
 html_theme = "sphinx_book_theme"

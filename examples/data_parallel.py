@@ -78,7 +78,7 @@ def train(step, params, state, x, y, steps: int):
         # Wait for each step. On CPU this is what keeps in-process collectives
         # from stalling: the XLA CPU client lets each device queue up to 32
         # computations ahead of Python, and running further ahead can deadlock
-        # the collective rendezvous (see the README). A real loop does the same
+        # the collective rendezvous (see the docs' data-parallel page). A real loop does the same
         # when it reads the loss every step.
         jax.block_until_ready((params, state))
     return first, (params, state), (time.perf_counter() - start) / max(steps - 1, 1)

@@ -8,7 +8,7 @@ machine load hits all of them alike), the median step of:
 * ``jrmsprop``: ``jrmsprop.rmsprop`` update and ``optax.apply_updates`` in one
   ``jax.jit`` with params and state donated;
 * ``jrmsprop-flat``: the same step on the opt-in flat layout (every leaf of a
-  dtype kept in one 1-D buffer by the caller, see the README): one leaf of
+  dtype kept in one 1-D buffer by the caller, see the docs' benchmark page): one leaf of
   the same bytes;
 * ``adapter`` / ``adapter-foreach``: ``jrmsprop.FunctionalRMSprop.step`` with
   ``foreach`` False / True (when the adapter is importable);
@@ -70,7 +70,7 @@ CONFIGS = {
 }
 DTYPES = ("float32", "bfloat16")
 HYPER = {"lr": 1e-3, "alpha": 0.99, "eps": 1e-8}
-# The committed record (results.json, bench.png) the README shows; --record refreshes it.
+# The committed record (results.json, bench.png) the docs' benchmark page shows; --record refreshes it.
 RECORD = "benchmarks"
 
 
@@ -534,7 +534,7 @@ COMPILE_TARGET_LEAVES = (100, 1000, 3000)
 
 
 def _targets(results: list[dict], rows: list[dict]) -> list[dict]:
-    """Each target of the README with its figure: met or not met in this run."""
+    """Each target of the benchmark page with its figure: met or not met in this run."""
     targets = []
     for row in rows:
         ratio = row.get("jrmsprop/optax")
@@ -694,7 +694,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "benchmarks/runs/<UTC time>/ in the repository root, ignored by git; elsewhere "
                         "<temp dir>/jrmsprop-bench/<UTC time>/)")
     p.add_argument("--record", action="store_true",
-                   help="write to benchmarks/, the committed record the README shows")
+                   help="write to benchmarks/, the committed record the docs show")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)

@@ -33,6 +33,14 @@ from jrmsprop.validation import (
 )
 
 # jrmsprop.rmsprop's keyword arguments, with its defaults.
+__all__ = [
+    "from_torch",
+    "from_torch_state_dict",
+    "from_torch_state_dicts",
+    "to_torch",
+    "to_torch_state_dict",
+]
+
 _DEFAULTS = {
     "lr": 1e-2,
     "alpha": 0.99,

@@ -36,6 +36,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jrmsprop.transform import RMSpropState
 from jrmsprop.validation import path_str
 
+__all__ = [
+    "WARN_BYTES",
+    "Rule",
+    "bytes_per_device",
+    "largest_divisible",
+    "replicate",
+    "replicated_leaves",
+    "shard_params",
+    "shard_state",
+    "split_shardings",
+]
+
 Rule = Callable[[str, tuple, str, int], PartitionSpec]
 """``rule(path, shape, axis, size) -> PartitionSpec`` for one array leaf.
 

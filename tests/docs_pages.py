@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import pathlib
 import re
 import textwrap
@@ -25,5 +26,10 @@ def python_blocks(name: str) -> list[str]:
 def shown_outputs(block: str) -> list[str]:
     """Lines a block shows as output: a ``# ...`` comment line right after a ``print(`` line."""
     lines = block.splitlines()
-    return [b.strip()[2:] for a, b in zip(lines, lines[1:]) if a.strip().startswith("print(")
-            and b.strip().startswith("# ") and not b.strip().startswith("# ...")]
+    return [
+        b.strip()[2:]
+        for a, b in itertools.pairwise(lines)
+        if a.strip().startswith("print(")
+        and b.strip().startswith("# ")
+        and not b.strip().startswith("# ...")
+    ]

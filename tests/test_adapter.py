@@ -1145,14 +1145,13 @@ AgainstScriptedTorch.TestCase.settings = settings(
 test_interleaved_steps_and_defaults_match_torch = AgainstScriptedTorch.TestCase
 
 
-def test_readme_adapter_example_runs(tmp_path):
+def test_docs_adapter_example_runs(tmp_path):
     import pathlib
     import re
     import runpy
 
-    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text[text.index("<!-- section: adapter -->") : text.index("<!-- end: adapter -->")]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "adapter.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
     assert blocks
     for k, block in enumerate(blocks):
         script = tmp_path / f"readme_adapter_{k}.py"

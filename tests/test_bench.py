@@ -89,7 +89,7 @@ def test_unknown_names_are_refused():
 
 
 def test_flat_layout_steps_like_the_per_leaf_pytree():
-    """The README's opt-in flat layout: one raveled buffer gives the same
+    """The docs' opt-in flat layout: one raveled buffer gives the same
     params and state as the per-leaf pytree (the math is elementwise)."""
     import jax
     import jax.numpy as jnp

@@ -138,7 +138,7 @@ def _ckpt_prog(mode: str, devices: int, directory, out) -> dict:
 
 
 def test_sharded_checkpoint_saved_on_4_devices_resumes_on_2_and_on_1(tmp_path):
-    """The README's recipe: target shardings from split_shardings on the mesh at hand.
+    """The docs' recipe: target shardings from split_shardings on the mesh at hand.
 
     FSDP params and ZeRO-1 state, saved on 4 devices; resumed on 2 and on 1 the run
     continues equal to the uninterrupted 4-device run (float64; the device count

@@ -1,7 +1,7 @@
 """Complex parameters as a port meets them: for a real loss, ``jax.grad`` gives
 the conjugate of torch's ``.grad``, so a port must conjugate JAX's gradients.
 
-The run is the README's: complex64 least squares, ``RMSprop(lr=1e-2,
+The run is the docs': complex64 least squares, ``RMSprop(lr=1e-2,
 centered=True, momentum=0.9)``, 500 steps, each framework computing its own
 gradients. Naive gradients send the run elsewhere; conjugated ones give torch's
 trajectory.

@@ -411,18 +411,18 @@ def test_equinox_example_runs_and_agrees_with_torch_to_rounding():
     assert "verdict: the same trajectory" in result.stdout
 
 
-def _readme_block(name: str) -> str:
-    text = (ROOT / "README.md").read_text()
+def _docs_block(name: str) -> str:
+    text = (ROOT / "docs" / "ecosystem.md").read_text()
     section = text[
         text.index(f"<!-- example: {name} -->") : text.index(f"<!-- end example: {name} -->")
     ]
     return "\n".join(re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL))
 
 
-def test_readme_equinox_snippet_runs_and_trains():
+def test_docs_equinox_snippet_runs_and_trains():
     namespace: dict = {}
-    # The README is this repository's own text: running it is the point.
-    exec(compile(_readme_block("equinox"), "README.md equinox block", "exec"), namespace)  # noqa: S102
+    # The docs are this repository's own text: running it is the point.
+    exec(compile(_docs_block("equinox"), "docs/ecosystem.md equinox block", "exec"), namespace)  # noqa: S102
     x, y = namespace["x"], namespace["y"]
     untrained = namespace["eqx"].nn.MLP(2, 1, 32, 2, key=jax.random.key(0))
     for trained in (namespace["model"], namespace["adapted"]):

@@ -12,7 +12,7 @@ import jrmsprop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-USER_SCRIPT = '''\
+USER_SCRIPT = """\
 import jax.numpy as jnp
 
 import jrmsprop
@@ -20,7 +20,7 @@ import jrmsprop
 tx = jrmsprop.rmsprop(lr="0.01")
 opt = jrmsprop.FunctionalRMSprop([jnp.ones(3)], lr=1e-2)
 n: int = opt.defaults
-'''
+"""
 
 
 def test_wheel_ships_license_and_py_typed(tmp_path):
@@ -47,14 +47,17 @@ def test_mypy_sees_jrmsprop_types_in_user_code(tmp_path):
     pytest.importorskip("mypy")
     script = tmp_path / "user.py"
     script.write_text(USER_SCRIPT)
-    # MYPYPATH: the folder holding the imported jrmsprop (an editable install's
-    # import hook is invisible to mypy; an installed wheel is found either way).
+    # An installed wheel is in site-packages, where mypy finds it. An editable
+    # install's import hook is invisible to mypy: point MYPYPATH at the checkout.
     package_root = pathlib.Path(jrmsprop.__file__).resolve().parents[1]
+    env = {"PATH": "/usr/bin:/bin"}
+    if package_root.name != "site-packages":
+        env["MYPYPATH"] = str(package_root)
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--no-incremental", "--follow-imports=silent", "user.py"],
         check=False,
         cwd=tmp_path,
-        env={"MYPYPATH": str(package_root), "PATH": "/usr/bin:/bin"},
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -63,3 +66,14 @@ def test_mypy_sees_jrmsprop_types_in_user_code(tmp_path):
     assert "missing library stubs or py.typed" not in out
     assert "user.py:5: error" in out and '"rmsprop"' in out, out
     assert "user.py:7: error: Incompatible types in assignment" in out, out
+
+
+def test_under_ci_the_tests_import_the_installed_wheel():
+    """The README's test command installs the wheel and runs ``python -P -m pytest``: with
+    ``-P`` the checkout is not on ``sys.path``, so every test imports the installed package and
+    a module or data file missing from the wheel fails the run."""
+    here = pathlib.Path(jrmsprop.__file__).resolve()
+    if not sys.flags.safe_path:
+        pytest.skip("not run with python -P (a developer's editable run)")
+    assert ROOT not in here.parents, f"jrmsprop imported from the checkout: {here}"
+    assert (here.parent / "py.typed").exists()

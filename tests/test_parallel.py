@@ -91,7 +91,7 @@ def test_shard_map_equals_single_device(reference):
 
 
 def test_shard_map_replicated_param_cotangent_is_already_summed():
-    """Pins down the pitfall the README documents, in the installed JAX.
+    """Pins down the pitfall the docs document, in the installed JAX.
 
     Under shard_map (check_vma=True) the cotangent of a replicated param is
     psum'ed over the axis, so pmean(jax.grad(local loss)) is the SUM of the
@@ -151,7 +151,7 @@ def test_sharded_state_saves_memory_and_equals_unsharded(reference, mode):
     assert out["bytes/state_sharded"].tolist() == [_state_bytes_after_split(state)] * DEVICES
     # The split buffers are nearly all of the state: per device it falls by ~DEVICES.
     assert out["bytes/state_sharded"][0] * DEVICES < 1.1 * replicated
-    assert (replicated, int(out["bytes/state_sharded"][0])) == (5184, 1368)  # the README's
+    assert (replicated, int(out["bytes/state_sharded"][0])) == (5184, 1368)  # the docs'
     param_bytes = sum(a.nbytes for a in jax.tree.leaves(params))
     if mode == "fsdp":
         assert out["layout/params_split"].tolist() == _expected_split(params)
@@ -175,7 +175,7 @@ def test_zero1_on_explicit_mesh_axes_with_params_resharded(reference):
 def test_vocabulary_embedding_splits_along_its_width_and_keeps_the_numbers():
     """Issue 13: GPT-2's 50257-word embedding (50257 x 64) on 4 devices, float64.
 
-    The README's table quotes these bytes; the first-dimension rule (before
+    The docs' table quotes these bytes; the first-dimension rule (before
     issue 13) is measured beside them for comparison.
     """
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,5 +1,6 @@
-"""The README's top and core sections: their commands and code run as written,
-and each sentence that promises behaviour is checked here or names its test."""
+"""The README, the front page: its commands and code run as written, its links lead into the
+docs site, and each sentence of the core page (docs/rmsprop.md) that promises behaviour is
+checked here or names its test."""
 
 import inspect
 import itertools
@@ -8,6 +9,7 @@ import re
 import subprocess
 import sys
 import tomllib
+import urllib.parse
 from typing import NamedTuple
 
 import equinox as eqx
@@ -17,23 +19,19 @@ import numpy as np
 import optax
 import pytest
 import torch
+from docs_pages import DOCS, page
 from torch_reference import jitted_step
 
 import jrmsprop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+DOCS_URL = PYPROJECT["project"]["urls"]["Documentation"]
 
 
-def _section(name):
-    text = README.read_text()
-    if name == "top":
-        return text[: text.index("<!-- section: core -->")]
-    return text[text.index(f"<!-- section: {name} -->") : text.index(f"<!-- end: {name} -->")]
-
-
-def _core_blocks():
-    return re.findall(r"```python\n(.*?)```", _section("core"), flags=re.DOTALL)
+def _readme_blocks():
+    return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
 
 
 def _first_bash_block():
@@ -41,8 +39,43 @@ def _first_bash_block():
 
 
 def _floors():
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = PYPROJECT["project"]["dependencies"]
     return dict(re.fullmatch(r"([\w-]+)>=([\d.]+)", d).groups() for d in deps if ">=" in d)
+
+
+def _anchors(name):
+    """The ids Sphinx gives a page's section headings (docutils' ``make_id`` rule)."""
+    text = re.sub(r"^```.*?^```", "", page(name), flags=re.DOTALL | re.MULTILINE)
+    titles = re.findall(r"^#{1,6} (.+)$", text, flags=re.MULTILINE)
+    return {re.sub(r"[^a-z0-9]+", "-", t.lower()).strip("-") for t in titles}
+
+
+def test_readme_is_a_front_page():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    assert PYPROJECT["project"]["readme"] == "README.md"  # the wheel's long description
+
+
+def test_readme_links_work_outside_the_repository_and_lead_into_the_docs():
+    links = re.findall(r"\]\(([^)]+)\)|<(https?://[^>]+)>", README.read_text())
+    links = [a or b for a, b in links]
+    assert links
+    pages = set()
+    for link in links:
+        assert link.startswith("https://"), f"{link}: relative links break on PyPI"
+        if not link.startswith(DOCS_URL):
+            continue
+        url = urllib.parse.urlparse(link[len(DOCS_URL) :])
+        if not url.path:
+            continue
+        name = url.path.removesuffix(".html")
+        assert (DOCS / f"{name}.md").exists() or (DOCS / f"{name}.ipynb").exists(), link
+        if url.fragment:
+            assert url.fragment in _anchors(name), link
+        pages.add(name)
+    # The front page links every page of the site.
+    site = {p.stem for p in DOCS.glob("*.md")} | {p.stem for p in DOCS.glob("*.ipynb")}
+    assert site - {"index"} <= pages
 
 
 def test_readme_opens_with_the_demo_and_test_commands():
@@ -67,30 +100,38 @@ def test_min_versions_command_installs_the_floors_pyproject_declares():
     floors = _floors()
     assert set(floors) == {"jax", "jaxlib", "optax", "chex"}
     assert out == [f"{name}=={version}" for name, version in floors.items()]
-    # The README states the same floors.
-    top = _section("top")
-    for name, version in floors.items():
-        assert re.search(rf"\b{name}\b[^.]*?>=\s+{re.escape(version)}\b", top), name
+    # The README and the getting-started page state the same floors.
+    for text in (README.read_text(), page("getting-started")):
+        for name, version in floors.items():
+            assert re.search(rf"\b{name}\b[^.]*?>=\s+{re.escape(version)}\b", text), name
 
 
-@pytest.mark.parametrize("index", range(len(_core_blocks())))
-def test_readme_core_block_runs_and_prints_what_it_shows(index, capsys):
-    block = _core_blocks()[index]
+@pytest.mark.parametrize("index", range(len(_readme_blocks())))
+def test_readme_block_runs_and_prints_what_it_shows(index, capsys):
+    block = _readme_blocks()[index]
     # The README is this repository's own text: running it is the point.
-    exec(compile(block, f"README.md core block {index}", "exec"), {})  # noqa: S102
+    exec(compile(block, f"README.md block {index}", "exec"), {})  # noqa: S102
     # A "# ..." line right after a print shows that print's output.
     lines = block.splitlines()
     pairs = itertools.pairwise(lines)
     shown = [b[2:] for a, b in pairs if a.startswith("print(") and b.startswith("# ")]
+    assert shown
     printed = capsys.readouterr().out.splitlines()
     for line in shown:
         assert line in printed
 
 
+def test_docs_pages_give_the_readmes_commands():
+    assert _first_bash_block().strip() in page("getting-started")
+
+
 def test_complex_one_line_fix_is_in_a_block_that_runs():
     fix = "grads = jax.tree.map(jnp.conj, grads)"
-    assert f"`{fix}`" in _section("core")
-    assert any(fix in block for block in _core_blocks())
+    assert f"`{fix}`" in page("rmsprop")
+    assert any(
+        fix in block
+        for block in re.findall(r"```python\n(.*?)```", page("rmsprop"), flags=re.DOTALL)
+    )
 
 
 @pytest.mark.parametrize("name", ["lr", "alpha", "eps", "weight_decay", "momentum"])
@@ -161,7 +202,7 @@ def test_namedtuple_and_equinox_params_step_as_their_leaves():
 
 
 def test_signature_shown_is_rmsprops():
-    shown = re.search(r"`jrmsprop\.rmsprop\((.*?)\)`", _section("core"), flags=re.DOTALL).group(1)
+    shown = re.search(r"`jrmsprop\.rmsprop\((.*?)\)`", page("rmsprop"), flags=re.DOTALL).group(1)
     defaults = eval(f"dict({shown})")
     actual = inspect.signature(jrmsprop.rmsprop).parameters
     assert defaults == {name: p.default for name, p in actual.items()}
@@ -169,7 +210,7 @@ def test_signature_shown_is_rmsprops():
 
 
 def test_mixed_precision_and_momentum_paragraphs_name_their_tests():
-    core = _section("core")
+    core = page("rmsprop")
     for path in ("tests/test_mixed_precision.py", "tests/test_traced_init.py"):
         assert path in core
         assert (pathlib.Path(__file__).parent.parent / path).exists()
