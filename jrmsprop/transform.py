@@ -351,14 +351,14 @@ def rmsprop(
     ``torch.view_as_real``: each component has its own moments, so the real
     part of ``square_avg`` averages :math:`\operatorname{re}(g)^2` and its
     imaginary part :math:`\operatorname{im}(g)^2` (not :math:`|g|^2`).
-    **Complex parameters and ``jax.grad``.** For a real loss, ``jax.grad``
+    Complex parameters and ``jax.grad``: for a real loss, ``jax.grad``
     returns the conjugate of what torch puts in ``.grad``. To follow torch's
     trajectory, conjugate JAX's gradients first (for a complex least-squares
     fit, the naive port diverges where torch converges)::
 
       grads = jax.tree.map(jnp.conj, jax.grad(loss)(params))
 
-    **``None`` in a pytree** has two meanings, as in optax and torch:
+    ``None`` in a pytree has two meanings, as in optax and torch:
 
     * ``None`` in ``params`` (an optional field, an equinox module's
       non-array field after ``eqx.filter``) is an empty subtree: no parameter,
