@@ -69,8 +69,9 @@ CONFIGS = {
     "centered+momentum": {"momentum": 0.9, "centered": True},
 }
 DTYPES = ("float32", "bfloat16")
-HYPER = {"lr": 1e-3, "alpha": 0.99, "eps": 1e-8}
-# The committed record (results.json, bench.png) the docs' benchmark page shows; --record refreshes it.
+HYPER: dict[str, Any] = {"lr": 1e-3, "alpha": 0.99, "eps": 1e-8}
+# The committed record (results.json, bench.png) the docs' benchmark page shows;
+# --record refreshes it.
 RECORD = "benchmarks"
 
 
@@ -242,6 +243,8 @@ class TorchRunner(Runner):
         import torch
 
         self.torch, self.device = torch, device
+        self.opt: Any
+        self._step: Any
         if kind == "functional":
             self.tensors = params
             from torch.distributed.optim.functional_rmsprop import _FunctionalRMSprop
@@ -573,8 +576,8 @@ def format_table(results: list[dict]) -> str:
     for case, config, dtype, leaves in cells:
         row = [case, config, dtype, str(leaves)]
         for impl in impls:
-            r = by.get((case, config, dtype, impl))
-            row.append("-" if r is None else f"{r['median_s'] * 1e3:.3g}")
+            cell = by.get((case, config, dtype, impl))
+            row.append("-" if cell is None else f"{cell['median_s'] * 1e3:.3g}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -743,7 +746,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         plan.append((cell, run))
     load_before = _load()
     started = time.perf_counter()
-    results = []
+    results: list[dict] = []
     try:
         from tqdm import tqdm
 

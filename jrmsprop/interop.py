@@ -370,10 +370,12 @@ def to_torch_state_dict(hyperparams: Mapping, state: RMSpropState) -> dict:
     buffers = (
         [None] * len(steps)
         if state.momentum_buffer is None
-        else treedef.flatten_up_to(state.momentum_buffer)
+        else treedef.flatten_up_to(state.momentum_buffer)  # type: ignore[attr-defined]
     )
     grad_avgs = (
-        [None] * len(steps) if state.grad_avg is None else treedef.flatten_up_to(state.grad_avg)
+        [None] * len(steps)
+        if state.grad_avg is None
+        else treedef.flatten_up_to(state.grad_avg)  # type: ignore[attr-defined]
     )
     torch_state = {}
     for i, (step, square_avg, buffer, grad_avg) in enumerate(
@@ -423,7 +425,7 @@ def _rmsprop_states(opt_state: Any, n_groups: int, who: str, with_positions: boo
     found = [(pos, path, node) for pos, (path, node) in enumerate(flat) if _is_rmsprop_state(node)]
     if n_groups == 1 and len(found) == 1:
         return ([found[0][2]], [found[0][0]]) if with_positions else [found[0][2]]
-    by_label = {}
+    by_label: dict[str | None, Any] = {}
     for pos, path, node in found:
         labels = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
         label = next(

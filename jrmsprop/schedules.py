@@ -121,7 +121,7 @@ def detached_copy(scheduler: Any, groups: Sequence[Mapping]) -> Any:
 
 def _rebuild(scheduler: Any, optimizer: Any) -> Any:
     cls = _class_of(scheduler)
-    twin = object.__new__(cls)
+    twin: Any = object.__new__(cls)
     twin.__dict__.update(copy.deepcopy(_state_of(scheduler)))
     twin.optimizer = optimizer
     if not isinstance(scheduler, tuple) and hasattr(scheduler, "_schedulers"):

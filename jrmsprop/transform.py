@@ -47,7 +47,7 @@ class RMSpropState(NamedTuple):
         memory) unless ``centered``.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # a field, shadowing tuple.count
     step: jax.Array
     square_avg: Any
     momentum_buffer: Any
