@@ -11,7 +11,8 @@ and asserted:
    float32 (~1e-13 in float64): the two frameworks' forward and backward
    passes round differently (XLA's tanh and matmul are not torch's kernels) and
    training grows each difference, since the next gradient depends on the
-   parameters. torch's own float32 run strays as far from its float64 run.
+   parameters. torch's own float32 run strays from its float64 run by the
+   same order (1.4e-5 against 3.7e-5, with the defaults).
 2. The optimizer alone: torch's gradients given to both optimizers, step after
    step. float64: the same numbers to ~1e-15 (asserted: at most 1e-14).
    float32: a few ulps (asserted: ``torch.testing.assert_close`` defaults,

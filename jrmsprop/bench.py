@@ -60,9 +60,10 @@ IMPLS = (
     "roofline",
 )
 # Implementations whose executable has an output per leaf: XLA's CPU compile
-# time grows faster than linearly with that (about 150 s for optax at 10,000
-# leaves on 2 cores; the adapter's foreach=True splits its flat result back
-# into the caller's leaves, so it is one of them).
+# time grows faster than linearly with that (optax's first step at 10,000
+# leaves on 2 cores: 86 s extrapolated in the committed record, 126.5 s and
+# 366 s measured, see the README; the adapter's foreach=True splits its flat
+# result back into the caller's leaves, so it is one of them).
 PER_LEAF_COMPILED = ("jrmsprop", "adapter", "adapter-foreach", "optax")
 CONFIGS = {
     "plain": {"momentum": 0.0, "centered": False},

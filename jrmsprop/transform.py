@@ -371,16 +371,21 @@ def rmsprop(
     The structure of ``grads`` is decided against the state built at
     ``init``, so the two never mix.
 
-    How it differs from ``optax.rmsprop``:
+    How it differs from ``optax.rmsprop``, which at a constant lr gives
+    torch's numbers to rounding when configured as torch (``decay=alpha``,
+    ``eps_in_sqrt=False``, after ``optax.add_decayed_weights`` and, for
+    maximize, ``optax.scale(-1.0)``; the README's measured table):
 
     * eps is added outside the square root (optax's default,
-      ``eps_in_sqrt=True``, adds it inside);
+      ``eps_in_sqrt=True``, adds it inside) and ``alpha`` defaults to 0.99
+      (optax's ``decay`` to 0.9);
     * the momentum buffer holds ``g / a`` and lr multiplies the whole buffer,
       so a changing lr acts on past momentum too (optax's momentum traces
       lr-scaled updates and drifts from torch under a schedule);
-    * ``weight_decay`` (coupled L2) and ``maximize`` exist;
+    * ``weight_decay`` (coupled L2) and ``maximize`` are built in;
     * complex gradients have component-wise moments (optax uses the modulus);
-    * per-parameter ``step`` and skipped ``None`` gradients, as torch keeps them.
+    * per-parameter ``step`` and skipped ``None`` gradients, as torch keeps
+      them (optax needs zeros, which are a gradient, not a skip).
 
     Args:
       lr: learning rate: a float, a scalar array, or an optax schedule (a

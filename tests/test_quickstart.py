@@ -7,7 +7,9 @@ import re
 
 import pytest
 
-PATH = pathlib.Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PATH = ROOT / "examples" / "quickstart.py"
+GETTING_STARTED = ROOT / "docs" / "getting-started.md"
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +35,19 @@ def test_quickstart_prints_verdicts_within_their_bounds(quickstart, capsys):
     # The optimizer alone: float64 to ~1e-15, float32 a few ulps of parameters of order 1.
     assert figures["optimizer_float64"] <= quickstart.FLOAT64_BOUND
     assert 0 < figures["optimizer_float32"] < 2e-6
-    # The model (README: ~1e-13 in float64, a few 1e-5 in float32): rounding grown by
+    # The model (docs: 1.5e-13 in float64, 3.7e-5 in float32): rounding grown by
     # training, of the size of torch's own float32 drift from its float64 run.
     assert figures["model_float64"] < 1e-12
     assert 1e-6 < figures["model_float32"] < 1e-4
     assert figures["model_float32"] < 10 * figures["torch_float32_error"]
+
+    # The getting-started page quotes these three runs, rounded.
+    top = GETTING_STARTED.read_text()
+    shown = re.search(r"end\s+(\S+) \(float64\) and (\S+) \(float32\) apart", top).groups()
+    torch_shown = re.search(r"float32 run ends (\S+) from its float64 run", top).group(1)
+    keys = ("model_float64", "model_float32", "torch_float32_error")
+    for key, text in zip(keys, (*shown, torch_shown), strict=True):
+        assert 1 / 3 < figures[key] / float(text) < 3, (key, text, figures[key])
 
 
 def test_quickstart_verdict_fails_when_the_optimizer_differs(quickstart, monkeypatch):
