@@ -77,3 +77,27 @@ def test_under_ci_the_tests_import_the_installed_wheel():
         pytest.skip("not run with python -P (a developer's editable run)")
     assert ROOT not in here.parents, f"jrmsprop imported from the checkout: {here}"
     assert (here.parent / "py.typed").exists()
+
+
+def test_mypy_passes_over_the_package():
+    """``mypy`` over ``jrmsprop`` itself, with the configuration in pyproject.toml."""
+    pytest.importorskip("mypy")
+    package = pathlib.Path(jrmsprop.__file__).resolve().parent
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--no-incremental",
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            str(package),
+        ],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Success: no issues found" in result.stdout
