@@ -225,7 +225,9 @@ class FunctionalRMSprop:
       less compile time and per-leaf overhead for many small parameters.
     * :meth:`state_dict` / :meth:`load_state_dict` use ``torch.optim``'s
       layout, with numpy values; a state dict saved by torch (tensor values)
-      loads directly.
+      loads directly. ``state_dict(tensors=True)`` gives torch tensors, for
+      ``torch.save`` and ``torch.load(..., weights_only=True)`` (which
+      refuses numpy arrays) and for ``torch.optim.RMSprop.load_state_dict``.
 
     Args:
       params: the parameters: a list of float or complex arrays, or a pytree.

@@ -236,7 +236,10 @@ def host_array(value: Any) -> np.ndarray:
         import torch
 
         if isinstance(value, torch.Tensor):
-            return value.detach().cpu().resolve_conj().resolve_neg().numpy().copy()
+            tensor = value.detach().cpu().resolve_conj().resolve_neg()
+            if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: move the bits
+                return tensor.view(torch.int16).numpy().view(jnp.bfloat16).copy()
+            return tensor.numpy().copy()
     return np.array(value)
 
 
