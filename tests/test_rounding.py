@@ -51,3 +51,95 @@ def test_xla_on_cpu_flushes_a_subnormal_eps_to_zero_where_torch_keeps_it(dtype):
         adapter = [jnp.asarray(param)]
         jrmsprop.FunctionalRMSprop(adapter, lr=0.01, eps=eps).step([jnp.asarray(grad)])
         assert np.isnan(np.asarray(adapter[0])[0]) == flushed
+
+
+def _torch_run(param, grads, **config):
+    p = torch.tensor(np.asarray(param)).requires_grad_()
+    opt = torch.optim.RMSprop([p], **config)
+    for g in grads:
+        p.grad = torch.tensor(np.asarray(g))
+        opt.step()
+    return p.detach().numpy(), {k: v.numpy() for k, v in opt.state[p].items()}
+
+
+def _jax_run(tx, param, grads, inner=lambda s: s):
+    state = tx.init(jnp.asarray(param))
+    p = jnp.asarray(param)
+    update = jax.jit(tx.update)
+    for g in grads:
+        u, state = update(jnp.asarray(g), state, p)
+        p = p + u
+    return np.asarray(p), inner(state)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("alpha", [0.3, 0.9])  # lerp weight 1 - alpha: 0.7 (far branch), 0.1
+@pytest.mark.parametrize("injected", [False, True])
+def test_centered_grad_avg_follows_both_branches_of_torchs_lerp_bit_for_bit(dtype, alpha, injected):
+    """torch.lerp computes start + w * (end - start) for w < 0.5 and
+    end - (end - start) * (1 - w) otherwise; grad_avg is torch's bit for bit either way,
+    with a Python alpha and with an array alpha (inject_hyperparams: the traced branch)."""
+    if injected and dtype == "float32" and alpha == 0.9:
+        pytest.skip(
+            "a float32 alpha array rounds 1 - alpha in float32 (README, inject_hyperparams)"
+        )
+    rng = np.random.default_rng(7)
+    param = rng.standard_normal(256).astype(dtype)
+    grads = [rng.standard_normal(256).astype(dtype) for _ in range(3)]
+    config = {"lr": 0.01, "alpha": alpha, "centered": True}
+    _, want = _torch_run(param, grads, **config)
+    if injected:
+        tx = optax.inject_hyperparams(jrmsprop.rmsprop)(**config)
+        _, state = _jax_run(tx, param, grads, lambda s: s.inner_state)
+    else:
+        _, state = _jax_run(jrmsprop.rmsprop(**config), param, grads)
+    np.testing.assert_array_equal(np.asarray(state.grad_avg), want["grad_avg"])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_centered_variance_below_zero_gives_nan_as_torch_no_clamp(dtype):
+    """torch takes sqrt(square_avg - grad_avg**2) as it is: where a state has
+    square_avg < grad_avg**2 (a loaded or hand-made one) the step gives NaN there."""
+    param = np.array([1.0, 2.0, 3.0], dtype)
+    grad = np.array([0.5, -0.5, 0.25], dtype)
+    square_avg = np.array([0.0, 4.0, 1e-6], dtype)  # elements 0 and 2 are below grad_avg**2
+    grad_avg = np.array([1.0, 1.0, 0.5], dtype)
+
+    p = torch.tensor(param).requires_grad_()
+    torch_opt = torch.optim.RMSprop([p], lr=0.01, centered=True)
+    torch_opt.load_state_dict(
+        {
+            "state": {
+                0: {
+                    "step": torch.tensor(1.0),
+                    "square_avg": torch.tensor(square_avg),
+                    "grad_avg": torch.tensor(grad_avg),
+                }
+            },
+            "param_groups": [dict(torch_opt.state_dict()["param_groups"][0])],
+        }
+    )
+    p.grad = torch.tensor(grad)
+    torch_opt.step()
+    want = p.detach().numpy()
+    np.testing.assert_array_equal(np.isnan(want), [True, False, True])
+
+    tx = jrmsprop.rmsprop(lr=0.01, centered=True)
+    state = tx.init({"w": jnp.asarray(param)})._replace(
+        square_avg={"w": jnp.asarray(square_avg)}, grad_avg={"w": jnp.asarray(grad_avg)}
+    )
+    updates, _ = jax.jit(tx.update)({"w": jnp.asarray(grad)}, state, {"w": jnp.asarray(param)})
+    got = np.asarray(param + updates["w"])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got[1], want[1])
+
+    adapter = [jnp.asarray(param)]
+    opt = jrmsprop.FunctionalRMSprop(adapter, lr=0.01, centered=True)
+    opt.load_state_dict(
+        {
+            "state": {0: {"step": 1.0, "square_avg": square_avg, "grad_avg": grad_avg}},
+            "param_groups": [{**opt.state_dict()["param_groups"][0]}],
+        }
+    )
+    opt.step([jnp.asarray(grad)])
+    np.testing.assert_array_equal(np.isnan(np.asarray(adapter[0])), np.isnan(want))
