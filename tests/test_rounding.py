@@ -143,3 +143,83 @@ def test_centered_variance_below_zero_gives_nan_as_torch_no_clamp(dtype):
     )
     opt.step([jnp.asarray(grad)])
     np.testing.assert_array_equal(np.isnan(np.asarray(adapter[0])), np.isnan(want))
+
+
+# Chosen elements (one step from a zero parameter) where reading square_avg or the momentum
+# buffer back at its storage dtype, as torch does, decides the result: bit for bit torch's.
+HALF_CASES = [
+    (
+        "float16",
+        {"lr": 0.3, "alpha": 0.75, "eps": 0.0},
+        [
+            -0.00797271728515625,
+            -0.005390167236328125,
+            -0.005710601806640625,
+            0.013702392578125,
+            -0.0117645263671875,
+            -0.00603485107421875,
+            0.0045928955078125,
+            -0.008209228515625,
+            -6.41942024230957e-05,
+            -0.006134033203125,
+            0.005451202392578125,
+            0.004863739013671875,
+        ],
+    ),
+    (
+        "bfloat16",
+        {"lr": 0.01},
+        [
+            -1.2578125,
+            -0.314453125,
+            0.62890625,
+            -0.96484375,
+            -0.453125,
+            -0.62890625,
+            0.2265625,
+            0.453125,
+            1.9296875,
+            1.8125,
+            0.90625,
+            0.314453125,
+        ],
+    ),
+    (
+        "float16",
+        {"lr": 0.01, "momentum": 0.9},
+        [
+            -0.01276397705078125,
+            0.059478759765625,
+            -0.03082275390625,
+            -0.0274658203125,
+            -0.043701171875,
+            -0.0241241455078125,
+            0.0241546630859375,
+            0.050537109375,
+            0.02764892578125,
+            -0.030517578125,
+            0.022613525390625,
+            -0.01110076904296875,
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("dtype,config,grad", HALF_CASES)
+def test_half_precision_state_is_read_back_at_its_storage_dtype_as_torch(dtype, config, grad):
+    torch_dtype = getattr(torch, dtype)
+    p = torch.zeros(len(grad), dtype=torch_dtype, requires_grad=True)
+    torch_opt = torch.optim.RMSprop([p], **config)
+    p.grad = torch.tensor(grad, dtype=torch.float32).to(torch_dtype)
+    torch_opt.step()
+    want = p.detach().float().numpy()
+
+    params = jnp.zeros(len(grad), dtype)
+    g = jnp.asarray(grad, jnp.float32).astype(dtype)
+    tx = jrmsprop.rmsprop(**config)
+    updates, _ = jax.jit(tx.update)(g, tx.init(params), params)
+    np.testing.assert_array_equal(np.asarray((params + updates).astype(jnp.float32)), want)
+
+    adapter = [jnp.zeros(len(grad), dtype)]
+    jrmsprop.FunctionalRMSprop(adapter, **config).step([g])
+    np.testing.assert_array_equal(np.asarray(adapter[0].astype(jnp.float32)), want)
