@@ -223,3 +223,47 @@ def test_half_precision_state_is_read_back_at_its_storage_dtype_as_torch(dtype, 
     adapter = [jnp.zeros(len(grad), dtype)]
     jrmsprop.FunctionalRMSprop(adapter, **config).step([g])
     np.testing.assert_array_equal(np.asarray(adapter[0].astype(jnp.float32)), want)
+
+
+ARRAY_HYPER = {"lr": 0.01, "eps": 1e-3, "weight_decay": 0.1, "momentum": 0.9}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("array_dtype", ["float64", "float32"])
+def test_array_hyperparameters_act_in_the_math_dtype_as_python_floats_do(dtype, array_dtype):
+    """torch casts a scalar hyperparameter to the kernel's math dtype (float32 for half
+    types): an array lr, eps, weight_decay or momentum gives bit for bit the numbers of
+    the same Python float; neither kept in its own (wider) dtype nor rounded to the
+    leaf's half dtype (bfloat16's 0.01 is 0.010009765625)."""
+    rng = np.random.default_rng(11)
+    param = jnp.asarray(rng.standard_normal(512), dtype)
+    grads = [jnp.asarray(rng.standard_normal(512), dtype) for _ in range(3)]
+    arrays = {k: jnp.asarray(v, array_dtype) for k, v in ARRAY_HYPER.items()}
+    got, _ = _jax_run(jrmsprop.rmsprop(alpha=0.9, **arrays), param, grads)
+    want, _ = _jax_run(jrmsprop.rmsprop(alpha=0.9, **ARRAY_HYPER), param, grads)
+    np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
+def test_injected_alpha_for_bfloat16_leaves_needs_hyperparam_dtype_float32():
+    """optax.inject_hyperparams stores the hyperparameters in the params' dtype: for
+    bfloat16 params alpha=0.99 becomes 0.98828125, and 1 - alpha is 17% off torch's.
+    With hyperparam_dtype=jnp.float32 (the README's remedy) jrmsprop takes them in float32,
+    torch's math dtype, and matches torch's bfloat16 state at bfloat16's resolution."""
+    rng = np.random.default_rng(12)
+    grad = rng.standard_normal(256).astype(np.float32)
+    p = torch.zeros(256, dtype=torch.bfloat16, requires_grad=True)
+    torch_opt = torch.optim.RMSprop([p], lr=0.01, alpha=0.99)
+    p.grad = torch.tensor(grad).to(torch.bfloat16)
+    torch_opt.step()
+    want = torch_opt.state[p]["square_avg"].float().numpy()
+    params = jnp.zeros(256, jnp.bfloat16)
+    g = jnp.asarray(grad).astype(jnp.bfloat16)
+
+    def square_avg(**kwargs):
+        tx = optax.inject_hyperparams(jrmsprop.rmsprop, **kwargs)(lr=0.01, alpha=0.99)
+        _, state = jax.jit(tx.update)(g, tx.init(params), params)
+        return np.asarray(state.inner_state.square_avg.astype(jnp.float32))
+
+    np.testing.assert_allclose(square_avg(hyperparam_dtype=jnp.float32), want, rtol=2**-7, atol=0)
+    rounded = square_avg()  # optax's default: alpha in bfloat16
+    assert np.median(np.abs(rounded / np.where(want == 0, 1, want) - 1)) > 0.1
