@@ -267,3 +267,32 @@ def test_injected_alpha_for_bfloat16_leaves_needs_hyperparam_dtype_float32():
     np.testing.assert_allclose(square_avg(hyperparam_dtype=jnp.float32), want, rtol=2**-7, atol=0)
     rounded = square_avg()  # optax's default: alpha in bfloat16
     assert np.median(np.abs(rounded / np.where(want == 0, 1, want) - 1)) > 0.1
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_optimization_barrier_per_stored_buffer_and_its_memory_figure(dtype, monkeypatch):
+    """rmsprop_math materializes each new state buffer once (jax.lax.optimization_barrier)
+    so the donated old buffer is dead before it is reused. The step's lowered program holds
+    one barrier per stored buffer, and its compiled temporaries (memory_analysis) are no
+    larger than without the barriers. Measured here (XLA CPU, jax 0.10.2), the two compiled
+    programs are the same size: the test pins the barrier and that it costs nothing."""
+    n = 1 << 20
+    tx = jrmsprop.rmsprop(lr=0.01, momentum=0.9, centered=True)
+    params = {"w": jnp.ones(n, dtype)}
+
+    def compiled():
+        def step(p, s, g):  # a new function each time: traced afresh
+            u, s = tx.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        state = tx.init(params)
+        lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, state, params)
+        return lowered.as_text(), lowered.compile().memory_analysis().temp_size_in_bytes
+
+    text, temp = compiled()
+    assert text.count("optimization_barrier") == 3  # square_avg, grad_avg, momentum_buffer
+    monkeypatch.setattr(jax.lax, "optimization_barrier", lambda x: x)
+    plain_text, plain_temp = compiled()
+    assert plain_text.count("optimization_barrier") == 0
+    assert temp <= plain_temp
+    assert temp <= 4 * n  # at most one float32 parameter-sized temporary
