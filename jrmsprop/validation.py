@@ -6,6 +6,7 @@ is refused has changed nothing.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from collections.abc import Mapping, Sequence
@@ -431,20 +432,22 @@ def check_gradients(
       states: buffers the step donates, in tuples (``None`` entries allowed).
       who: the caller's name, first in every message.
     """
-    check_eager(grads, paths, "gradient", who)
     param_ids = dict(zip(map(id, params), range(len(params))))
     state_ids = set(map(id, chain.from_iterable(filter(None, states))))
     given = [grads[i] for i in stepping]
-    # The common case, in bulk (C loops): JAX arrays, all fine.
-    if (
-        all(map(isinstance, given, repeat(jax.Array)))
-        and list(map(_shape, given)) == [params[i].shape for i in stepping]
-        and list(map(_dtype, given)) == [params[i].dtype for i in stepping]
-        and param_ids.keys().isdisjoint(map(id, given))
-        and state_ids.isdisjoint(map(id, given))
-        and not any(map(_is_deleted, given))
-    ):
-        return
+    # The common case, in bulk (C loops): JAX arrays, all fine. A traced
+    # gradient fails is_deleted(): the loop below says what it is.
+    with contextlib.suppress(jax.errors.ConcretizationTypeError):
+        if (
+            all(map(isinstance, given, repeat(jax.Array)))
+            and list(map(_shape, given)) == [params[i].shape for i in stepping]
+            and list(map(_dtype, given)) == [params[i].dtype for i in stepping]
+            and param_ids.keys().isdisjoint(map(id, given))
+            and state_ids.isdisjoint(map(id, given))
+            and not any(map(_is_deleted, given))
+        ):
+            return
+    check_eager(grads, paths, "gradient", who)
     for i in stepping:  # one by one, for the message
         g, where = grads[i], path_str(paths[i])
         if not isinstance(g, (jax.Array, np.ndarray)):

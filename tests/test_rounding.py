@@ -80,9 +80,7 @@ def test_centered_grad_avg_follows_both_branches_of_torchs_lerp_bit_for_bit(dtyp
     end - (end - start) * (1 - w) otherwise; grad_avg is torch's bit for bit either way,
     with a Python alpha and with an array alpha (inject_hyperparams: the traced branch)."""
     if injected and dtype == "float32" and alpha == 0.9:
-        pytest.skip(
-            "a float32 alpha array rounds 1 - alpha in float32 (README, inject_hyperparams)"
-        )
+        pytest.skip("a float32 alpha array gives 1 - alpha rounded in float32, not in double")
     rng = np.random.default_rng(7)
     param = rng.standard_normal(256).astype(dtype)
     grads = [rng.standard_normal(256).astype(dtype) for _ in range(3)]
