@@ -23,15 +23,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jrmsprop.interop import state_dict_tensors
 from jrmsprop.units import BUFFERS, HYPER_ORDER, Layout, debugging, step_units
 from jrmsprop.validation import (
     ArraySpec,
     check_distinct,
+    check_eager,
     check_gradients,
     check_leaves,
     check_pair,
     check_state_entry,
+    group_params,
     hyper_value,
+    hyper_values,
     loaded_buffer,
     path_str,
     state_dict_parts,
@@ -221,7 +225,9 @@ class FunctionalRMSprop:
       less compile time and per-leaf overhead for many small parameters.
     * :meth:`state_dict` / :meth:`load_state_dict` use ``torch.optim``'s
       layout, with numpy values; a state dict saved by torch (tensor values)
-      loads directly.
+      loads directly. ``state_dict(tensors=True)`` gives torch tensors, for
+      ``torch.save`` and ``torch.load(..., weights_only=True)`` (which
+      refuses numpy arrays) and for ``torch.optim.RMSprop.load_state_dict``.
 
     Args:
       params: the parameters: a list of float or complex arrays, or a pytree.
@@ -279,10 +285,11 @@ class FunctionalRMSprop:
         leaves = [leaf for _, leaf in with_paths]
         if len(leaves) == 0 and not _allow_empty_param_list:
             raise ValueError("optimizer got an empty parameter list")
-        check_leaves(params, "params")
+        check_leaves(params, "params", _WHO)
         self._treedef = treedef
         self._paths = [path for path, _ in with_paths]
         check_distinct(leaves, self._paths, _WHO)
+        check_eager(leaves, self._paths, "parameter", _WHO)
         if not all(isinstance(leaf, jax.Array) for leaf in leaves):
             # numpy parameters become JAX arrays once, so they can be donated.
             leaves = [jnp.asarray(leaf) for leaf in leaves]
@@ -397,7 +404,7 @@ class FunctionalRMSprop:
 
     def _check(self, gradients: Any) -> _Plan:
         """Every check of a step; raises before anything changes."""
-        params = self.param_group["params"]
+        params = group_params(self.param_group, _WHO)
         lists = isinstance(params, list) and isinstance(gradients, (list, tuple))
         if lists and len(params) != len(gradients):
             raise ValueError(
@@ -405,7 +412,7 @@ class FunctionalRMSprop:
                 + f"Params length: {len(params)}. "
                 + f"Gradients length: {len(gradients)}"
             )
-        hyper = np.array([hyper_value(name, self.defaults[name], _WHO) for name in HYPER_ORDER])
+        hyper = np.array(hyper_values(self.defaults, HYPER_ORDER, _WHO))
         leaves = self._checked_params(params)
         grads = self._grad_list(gradients)
         stepping = tuple(i for i, g in enumerate(grads) if g is not None)
@@ -461,6 +468,7 @@ class FunctionalRMSprop:
                 )
         if not all(map(operator.is_, leaves, self._written)):
             check_distinct(leaves, self._paths, _WHO)
+            check_eager(leaves, self._paths, "parameter", _WHO)
             for i, p in enumerate(leaves):
                 if not isinstance(p, _ARRAY_TYPES):
                     raise TypeError(
@@ -468,7 +476,7 @@ class FunctionalRMSprop:
                         f"is a {type(p).__name__}, not an array"
                     )
                 spec = ArraySpec(self._layout.shapes[i], self._layout.dtypes[i])
-                check_pair(self._paths[i], p, spec, "params", "the optimizer state")
+                check_pair(self._paths[i], p, spec, "params", "the optimizer state", _WHO)
                 if not isinstance(p, jax.Array):
                     leaves[i] = jnp.asarray(p)
         if any(map(_is_deleted, leaves)):
@@ -648,8 +656,16 @@ class FunctionalRMSprop:
             buffers = self._per_position(self._layout.split)
             return self._entries(buffers, lambda n: jnp.asarray(n, jnp.int32))
 
-    def state_dict(self) -> dict[str, Any]:
-        """The state in ``torch.optim``'s layout, with numpy values.
+    def state_dict(self, tensors: bool = False) -> dict[str, Any]:
+        """The state in ``torch.optim``'s layout, with numpy values (or torch tensors).
+
+        Args:
+          tensors: torch tensors instead of numpy arrays (torch must be
+            installed), and the group as ``torch.optim.RMSprop`` writes it
+            (Python floats, ``capturable`` and ``differentiable`` too): the
+            dict then survives ``torch.save`` + ``torch.load(...,
+            weights_only=True)``, which refuses numpy arrays, and loads into
+            ``torch.optim.RMSprop`` over the same parameters in the same order.
 
         Returns:
           ``{"state": {position: entry}, "param_groups": [group]}``: each
@@ -660,12 +676,14 @@ class FunctionalRMSprop:
           ``maximize`` and ``"params": [0, ..., n-1]``.
         """
         with self._lock:
+            hyper_values(self.defaults, HYPER_ORDER, _WHO)  # nothing missing or invalid is saved
             buffers = self._per_position(self._layout.split_host)
             state = self._entries(buffers, lambda n: np.asarray(n, np.float32))
             group = dict(self.defaults)
             group.update(centered=self._centered, foreach=self._foreach, maximize=self._maximize)
             group["params"] = list(range(self._n))
-            return {"state": state, "param_groups": [group]}
+            saved = {"state": state, "param_groups": [group]}
+        return state_dict_tensors(saved) if tensors else saved
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a state dict from :meth:`state_dict` or from torch.
@@ -776,7 +794,7 @@ class FunctionalRMSprop:
 
     def __repr__(self) -> str:
         with self._lock:
-            hyper = ", ".join(f"{name}={self.defaults[name]!r}" for name in HYPER_ORDER)
+            hyper = ", ".join(f"{name}={self.defaults.get(name)!r}" for name in HYPER_ORDER)
             buffers = [b for s in self._states if s is not None for b in s if b is not None]
             state_bytes = sum(b.size * b.dtype.itemsize for b in buffers)
             elements = sum(self._layout.sizes)

@@ -129,6 +129,11 @@ def _buffer(entry: Mapping, key: str, leaf: jax.Array, who: str, where: str) -> 
     float32) is upcast exactly, as ``load_state_dict`` casts; a wider one, or
     one of the other kind (real for complex), would lose information: refused.
     """
+    if isinstance(entry[key], (bool, int, float, complex)):
+        raise TypeError(
+            f"{who}: torch {key} at {where} is a Python {type(entry[key]).__name__}, not a "
+            f"tensor: a state buffer is a tensor of the parameter's shape {tuple(leaf.shape)}"
+        )
     value = np.array(_to_numpy(entry[key]))  # a copy: torch steps its tensors in place
     if tuple(value.shape) != tuple(leaf.shape):
         raise ValueError(
@@ -404,6 +409,38 @@ def to_torch_state_dict(hyperparams: Mapping, state: RMSpropState) -> dict:
         "params": list(range(len(steps))),
     }
     return {"state": torch_state, "param_groups": [group]}
+
+
+def state_dict_tensors(state_dict: Mapping) -> dict:
+    """A state dict in ``torch.optim``'s layout with numpy values, as torch writes it.
+
+    Every array becomes a tensor of its dtype (bfloat16 included), each
+    hyperparameter a Python number, and the group gains torch's
+    ``capturable`` and ``differentiable`` (``False``): what
+    ``FunctionalRMSprop.state_dict(tensors=True)`` returns, which
+    ``torch.load(..., weights_only=True)`` reads back and
+    ``torch.optim.RMSprop.load_state_dict`` takes.
+
+    Args:
+      state_dict: ``{"state": {i: {name: array}}, "param_groups": [{...}]}``.
+
+    Returns:
+      A new dict; the input is not changed.
+    """
+    _import_torch()
+    state = {
+        index: {key: _to_tensor(value) for key, value in entry.items()}
+        for index, entry in state_dict["state"].items()
+    }
+    groups = []
+    for group in state_dict["param_groups"]:
+        group = {
+            key: _number(value) if key in _FLOAT_KEYS else value for key, value in group.items()
+        }
+        group.setdefault("capturable", False)
+        group.setdefault("differentiable", False)
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
 
 
 def _label(index: int) -> str:

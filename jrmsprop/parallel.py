@@ -31,7 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from jrmsprop.transform import RMSpropState
 from jrmsprop.validation import path_str
@@ -122,10 +122,25 @@ def _checked(spec: Any, path: str, shape: tuple, mesh: Mesh) -> PartitionSpec:
         )
     if len(spec) > len(shape):
         raise ValueError(f"jrmsprop: {spec} has more entries than {path} of shape {shape}")
+    used: dict[str, int] = {}
     for dim, names in enumerate(spec):
+        if names is PartitionSpec.UNCONSTRAINED:
+            raise ValueError(
+                f"jrmsprop: the rule's {spec} for {path} leaves dimension {dim} "
+                "unconstrained; a layout that places arrays (device_put, jit's in_shardings "
+                "and out_shardings) names each dimension's mesh axes, or None to keep it whole "
+                "(P.UNCONSTRAINED is for jax.lax.with_sharding_constraint inside a jitted function)"
+            )
         names = () if names is None else (names,) if isinstance(names, str) else tuple(names)
         for name in names:
             _axis_size(mesh, name)
+            if name in used:
+                raise ValueError(
+                    f"jrmsprop: the rule's {spec} for {path} splits dimensions {used[name]} "
+                    f"and {dim} over the same mesh axis {name!r}; a mesh axis can split one "
+                    "dimension of a leaf"
+                )
+            used[name] = dim
         parts = math.prod(mesh.shape[name] for name in names)
         if shape[dim] % parts:
             raise ValueError(
@@ -195,7 +210,9 @@ def split_shardings(
 
     Raises:
       ValueError: ``axis`` (or an axis the rule names) is not an axis of
-        ``mesh``, or the rule's spec does not divide a leaf's shape.
+        ``mesh``, or the rule's spec does not divide a leaf's shape, names
+        one mesh axis for two dimensions, or leaves a dimension
+        ``P.UNCONSTRAINED`` (the error names the leaf).
       TypeError: a leaf is not an array, or the rule returned no PartitionSpec.
 
     Example::
@@ -246,6 +263,17 @@ def replicated_leaves(
     }
 
 
+def _concrete(mesh: Any, who: str) -> None:
+    """``TypeError`` for an ``AbstractMesh``: placing arrays needs devices."""
+    if isinstance(mesh, AbstractMesh):
+        raise TypeError(
+            f"jrmsprop.{who} places arrays on devices and needs a jax.sharding.Mesh; got an "
+            "AbstractMesh, which has no devices. Build the mesh with jax.make_mesh, or, for a "
+            "layout without devices (an orbax restore target), use jrmsprop.split_shardings, "
+            "which takes an AbstractMesh"
+        )
+
+
 def _place(tree: Any, mesh: Mesh, axis: str, rule: Rule, warn_bytes: int | None) -> Any:
     if warn_bytes is not None:
         whole = replicated_leaves(tree, mesh, axis, rule)
@@ -291,7 +319,9 @@ def shard_state(
       ``state`` with each leaf placed by ``jax.device_put`` in that layout.
 
     Raises:
-      ValueError: ``axis`` is not an axis of ``mesh``.
+      ValueError: ``axis`` is not an axis of ``mesh``, or the rule's spec
+        does not fit a leaf (see :func:`split_shardings`).
+      TypeError: ``mesh`` is an ``AbstractMesh`` (placing needs devices).
 
     Example::
 
@@ -300,6 +330,7 @@ def shard_state(
       >>> opt = jrmsprop.rmsprop(lr=0.1, momentum=0.9)
       >>> state = jrmsprop.shard_state(opt.init({"w": jnp.ones((8, 4))}), mesh, "data")
     """
+    _concrete(mesh, "shard_state")
     return _place(state, mesh, axis, rule, warn_bytes)
 
 
@@ -330,8 +361,11 @@ def shard_params(
       ``params`` placed in that layout.
 
     Raises:
-      ValueError: ``axis`` is not an axis of ``mesh``.
+      ValueError: ``axis`` is not an axis of ``mesh``, or the rule's spec
+        does not fit a leaf (see :func:`split_shardings`).
+      TypeError: ``mesh`` is an ``AbstractMesh`` (placing needs devices).
     """
+    _concrete(mesh, "shard_params")
     return _place(params, mesh, axis, rule, warn_bytes)
 
 
@@ -348,7 +382,11 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
     Returns:
       ``tree`` with each leaf replicated over ``mesh``.
+
+    Raises:
+      TypeError: ``mesh`` is an ``AbstractMesh`` (placing needs devices).
     """
+    _concrete(mesh, "replicate")
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 

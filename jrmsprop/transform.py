@@ -20,6 +20,7 @@ from jrmsprop.validation import (
     check_hyperparams,
     check_leaves,
     check_pair,
+    concrete_number,
     path_str,
     upcast,
 )
@@ -243,6 +244,13 @@ def _check_state(state: Any, centered: bool, momentum: Any) -> tuple:
     with_path, treedef = jax.tree_util.tree_flatten_with_path(state.square_avg)
     paths = [path for path, _ in with_path]
     refs = [leaf for _, leaf in with_path]
+    for path, leaf in with_path:
+        if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+            raise TypeError(
+                f"rmsprop: state.square_avg leaf {path_str(path)} is a {type(leaf).__name__}, "
+                "not an array: each state buffer is an array of its parameter's shape and "
+                "dtype (a state restored or built by hand must keep its arrays)"
+            )
     for name in ("grad_avg", "momentum_buffer"):
         tree = getattr(state, name)
         if tree is None:
@@ -465,7 +473,8 @@ def rmsprop(
             check_grad(path, g, s, "grads", "the optimizer state")
         # Narrower gradients (bfloat16 for float32 params, ...) upcast losslessly.
         grads = [upcast(g, s.dtype) for g, s in zip(grads, square_avgs)]
-        param_leaves = _param_leaves(treedef, paths, params, square_avgs, weight_decay)
+        param_leaves = _param_leaves(treedef, paths, params, square_avgs)
+        decay = weight_decay if params is not None else _decay_without_params(weight_decay)
 
         def leaves_or_nones(tree):
             return [None] * len(paths) if tree is None else treedef.flatten_up_to(tree)
@@ -474,7 +483,7 @@ def rmsprop(
             "lr": lr(state.count) if callable(lr) else lr,
             "alpha": alpha,
             "eps": eps,
-            "weight_decay": weight_decay,
+            "weight_decay": decay,
             "momentum": momentum,
         }
         outs = [
@@ -507,14 +516,34 @@ def rmsprop(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _param_leaves(treedef, paths, params, square_avgs, weight_decay) -> list:
+def _decay_without_params(weight_decay: Scalar) -> float:
+    """``weight_decay`` for an update without params: ``0.0``, or a ``ValueError``.
+
+    A zero array (``optax.inject_hyperparams`` passes every hyperparameter
+    as one) counts as zero when its value can be read; a traced one cannot be
+    read, and a non-zero one needs the params it multiplies.
+    """
+    if isinstance(weight_decay, (int, float)) and weight_decay == 0:
+        return weight_decay
+    value = concrete_number(weight_decay)
+    if value == 0:
+        return 0.0
+    if value is None:
+        raise ValueError(
+            "rmsprop: weight_decay is a traced array (optax.inject_hyperparams under jax.jit "
+            "passes it so), whose value cannot be read while tracing: its L2 term may need "
+            "params. Call update(grads, state, params), or make it static: "
+            "optax.inject_hyperparams(jrmsprop.rmsprop, static_args=('weight_decay',))"
+        )
+    raise ValueError(
+        f"rmsprop: weight_decay={value:.6g} needs params (its L2 term is weight_decay * params): "
+        "call update(grads, state, params)"
+    )
+
+
+def _param_leaves(treedef, paths, params, square_avgs) -> list:
     """The params' leaves, checked against the state; ``None``s when not given."""
     if params is None:
-        if not (isinstance(weight_decay, (int, float)) and weight_decay == 0):
-            raise ValueError(
-                f"rmsprop: weight_decay={weight_decay} needs params: call "
-                "update(grads, state, params)"
-            )
         return [None] * len(paths)
     leaves = _leaves_like(treedef, params, "params")
     for path, p, s in zip(paths, leaves, square_avgs):

@@ -6,6 +6,7 @@ is refused has changed nothing.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 from collections.abc import Mapping, Sequence
@@ -96,60 +97,96 @@ def is_optimizable(dtype: Any) -> bool:
         return False
 
 
-def check_leaves(tree: Any, what: str) -> None:
+def native(dtype: Any) -> Any:
+    """``dtype`` in the machine's byte order: numpy's ``>f4`` (a big-endian
+    file) is ``float32``, which is the only byte order JAX computes in."""
+    dtype = np.dtype(dtype)
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
+
+
+def _big_endian(leaf: Any) -> str:
+    """`` (big-endian >f4: ...)`` for a non-native numpy leaf, else ``""``."""
+    dtype = getattr(leaf, "dtype", None)
+    if not isinstance(dtype, np.dtype) or dtype.isnative:
+        return ""
+    return (
+        f" in non-native byte order ({dtype.str}, e.g. read from a big-endian file), which "
+        f"JAX cannot hold: convert it with x.astype(x.dtype.newbyteorder('='))"
+    )
+
+
+def check_leaves(tree: Any, what: str, who: str = "rmsprop") -> None:
     """``TypeError`` naming the path of a leaf that is not a float/complex array."""
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if big := _big_endian(leaf):
+            raise TypeError(f"{who}: {what} leaf {path_str(path)} is {describe(leaf)}{big}")
         if not is_optimizable(getattr(leaf, "dtype", None)):
             raise TypeError(
-                f"rmsprop: {what} leaf {path_str(path)} is {describe(leaf)}; "
+                f"{who}: {what} leaf {path_str(path)} is {describe(leaf)}; "
                 f"RMSprop steps only {SUPPORTED_DTYPES} arrays "
                 "(integer and boolean parameters cannot be optimized, as in torch; "
                 "nor can float8 or float4 ones)"
             )
 
 
-def check_pair(path, leaf, ref, what: str, ref_what: str) -> None:
+def check_eager(leaves: Sequence, paths: Sequence, what: str, who: str) -> None:
+    """``TypeError`` when a leaf is traced: a stateful optimizer cannot run under ``jax.jit``."""
+    if not any(map(isinstance, leaves, repeat(jax.core.Tracer))):
+        return
+    i = next(i for i, leaf in enumerate(leaves) if isinstance(leaf, jax.core.Tracer))
+    raise TypeError(
+        f"{who}: {what} {path_str(paths[i])} is a traced array (inside jax.jit, jax.grad, "
+        f"jax.vmap, ...). {who} is stateful and steps eagerly, replacing the arrays it holds, "
+        "which a traced function cannot do: call it outside the transformation, or use the "
+        "pure jrmsprop.rmsprop inside it (updates, state = tx.update(grads, state, params))"
+    )
+
+
+def check_pair(path, leaf, ref, what: str, ref_what: str, who: str = "rmsprop") -> None:
     """``leaf`` (``None`` allowed) has ``ref``'s shape and dtype; errors name the path and both."""
     if leaf is None:
         return
     if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
         raise TypeError(
-            f"rmsprop: {what} leaf {path_str(path)} is a {type(leaf).__name__}, "
+            f"{who}: {what} leaf {path_str(path)} is a {type(leaf).__name__}, "
             f"not an array ({ref_what} there is {describe(ref)})"
         )
     if tuple(leaf.shape) != tuple(ref.shape):
         raise ValueError(
-            f"rmsprop: shape mismatch at {path_str(path)}: {what} has shape "
+            f"{who}: shape mismatch at {path_str(path)}: {what} has shape "
             f"{tuple(leaf.shape)}, {ref_what} has shape {tuple(ref.shape)}"
         )
     if jnp.dtype(leaf.dtype) != jnp.dtype(ref.dtype):
+        if big := _big_endian(leaf):
+            raise TypeError(f"{who}: {what} leaf {path_str(path)} is {describe(leaf)}{big}")
         raise TypeError(
-            f"rmsprop: dtype mismatch at {path_str(path)}: {what} is "
+            f"{who}: dtype mismatch at {path_str(path)}: {what} is "
             f"{jnp.dtype(leaf.dtype).name}, {ref_what} is {jnp.dtype(ref.dtype).name}"
         )
 
 
-def check_grad(path, grad, ref, what: str, ref_what: str) -> None:
+def check_grad(path, grad, ref, what: str, ref_what: str, who: str = "rmsprop") -> None:
     """:func:`check_pair` for a gradient, which may also be narrower than ``ref``.
 
     A gradient of a dtype in ``UPCASTS[ref.dtype]`` (bfloat16 or float16 for
     float32, up to float32 for float64, complex64 for complex128) is accepted:
-    the caller upcasts it, losslessly. A wider gradient, or one of the other
-    kind (real for complex, complex for real), raises ``TypeError`` saying
-    which cast is wanted.
+    the caller upcasts it, losslessly; so is a numpy gradient in non-native
+    byte order (``>f4`` from a big-endian file), which :func:`upcast` turns
+    native, losslessly. A wider gradient, or one of the other kind (real for
+    complex, complex for real), raises ``TypeError`` saying which cast is
+    wanted.
     """
     if (
         (leaf_dtype := getattr(grad, "dtype", None)) is None
         or not hasattr(grad, "shape")
         or not hasattr(ref, "dtype")
     ):
-        return check_pair(path, grad, ref, what, ref_what)
-    g, r = jnp.dtype(leaf_dtype), jnp.dtype(ref.dtype)
+        return check_pair(path, grad, ref, what, ref_what, who)
+    g, r = jnp.dtype(native(leaf_dtype)), jnp.dtype(ref.dtype)
     if g == r or g in UPCASTS.get(r, ()):
-        return check_pair(path, grad, ArraySpec(tuple(ref.shape), grad.dtype), what, ref_what)
-    where = (
-        f"rmsprop: dtype mismatch at {path_str(path)}: {what} is {g.name}, {ref_what} is {r.name}"
-    )
+        spec = ArraySpec(tuple(ref.shape), leaf_dtype)
+        return check_pair(path, grad, spec, what, ref_what, who)
+    where = f"{who}: dtype mismatch at {path_str(path)}: {what} is {g.name}, {ref_what} is {r.name}"
     g_complex = jnp.issubdtype(g, jnp.complexfloating)
     r_complex = jnp.issubdtype(r, jnp.complexfloating)
     if g_complex != r_complex:
@@ -173,9 +210,15 @@ def check_grad(path, grad, ref, what: str, ref_what: str) -> None:
 
 
 def upcast(grad: Any, dtype: Any) -> Any:
-    """``grad`` as ``dtype`` (a lossless upcast after :func:`check_grad`); ``None`` stays."""
+    """``grad`` as ``dtype`` (a lossless upcast after :func:`check_grad`); ``None`` stays.
+
+    A numpy gradient in non-native byte order is turned native first (the
+    same numbers: JAX computes in native order only).
+    """
     if grad is None or jnp.dtype(grad.dtype) == jnp.dtype(dtype):
         return grad
+    if isinstance(grad, np.ndarray) and not grad.dtype.isnative:
+        grad = grad.astype(native(grad.dtype))
     return jnp.asarray(grad).astype(dtype)
 
 
@@ -194,7 +237,10 @@ def host_array(value: Any) -> np.ndarray:
         import torch
 
         if isinstance(value, torch.Tensor):
-            return value.detach().cpu().resolve_conj().resolve_neg().numpy().copy()
+            tensor = value.detach().cpu().resolve_conj().resolve_neg()
+            if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16: move the bits
+                return tensor.view(torch.int16).numpy().view(jnp.bfloat16).copy()
+            return tensor.numpy().copy()
     return np.array(value)
 
 
@@ -321,6 +367,30 @@ def hyper_value(name: str, value: Any, who: str) -> float:
     return number
 
 
+def hyper_values(defaults: Any, names: Sequence[str], who: str) -> list[float]:
+    """``defaults[name]`` for each of ``names``, in that order, each checked by
+    :func:`hyper_value`; a missing one is a ``ValueError`` naming it."""
+    missing = [name for name in names if name not in defaults]
+    if missing:
+        raise ValueError(
+            f"{who}: defaults has no {_names(missing)} (its keys: {_names(defaults)}); a step "
+            f"reads {_names(names)} from it: put the missing ones back, e.g. "
+            f"opt.defaults[{missing[0]!r}] = ..."
+        )
+    return [hyper_value(name, defaults[name], who) for name in names]
+
+
+def group_params(param_group: Any, who: str) -> Any:
+    """``param_group["params"]``, or a ``ValueError`` saying it is missing."""
+    if not isinstance(param_group, Mapping) or "params" not in param_group:
+        keys = _names(param_group) if isinstance(param_group, Mapping) else "not a dict"
+        raise ValueError(
+            f"{who}: param_group has no 'params' (its keys: {keys}); the step reads the "
+            "parameters from param_group['params'] and writes the new ones there"
+        )
+    return param_group["params"]
+
+
 def check_distinct(leaves: Sequence, paths: Sequence, who: str) -> None:
     """``ValueError`` when one array sits at two positions: it cannot be donated twice."""
     first: dict[int, int] = {}
@@ -350,8 +420,9 @@ def check_gradients(
 
     Each ``grads[i]`` for ``i`` in ``stepping`` must be an array (JAX or
     numpy) of ``params[i]``'s shape and dtype (or a narrower dtype that
-    upcasts losslessly, see :func:`check_grad`), not deleted, and neither a
-    parameter nor a state buffer (a donated array cannot also be read).
+    upcasts losslessly, see :func:`check_grad`), not traced, not deleted, and
+    neither a parameter nor a state buffer (a donated array cannot also be
+    read).
 
     Args:
       grads: per position, a gradient or ``None``.
@@ -364,21 +435,24 @@ def check_gradients(
     param_ids = dict(zip(map(id, params), range(len(params))))
     state_ids = set(map(id, chain.from_iterable(filter(None, states))))
     given = [grads[i] for i in stepping]
-    # The common case, in bulk (C loops): JAX arrays, all fine.
-    if (
-        all(map(isinstance, given, repeat(jax.Array)))
-        and list(map(_shape, given)) == [params[i].shape for i in stepping]
-        and list(map(_dtype, given)) == [params[i].dtype for i in stepping]
-        and param_ids.keys().isdisjoint(map(id, given))
-        and state_ids.isdisjoint(map(id, given))
-        and not any(map(_is_deleted, given))
-    ):
-        return
+    # The common case, in bulk (C loops): JAX arrays, all fine. A traced
+    # gradient fails is_deleted(): the loop below says what it is.
+    with contextlib.suppress(jax.errors.ConcretizationTypeError):
+        if (
+            all(map(isinstance, given, repeat(jax.Array)))
+            and list(map(_shape, given)) == [params[i].shape for i in stepping]
+            and list(map(_dtype, given)) == [params[i].dtype for i in stepping]
+            and param_ids.keys().isdisjoint(map(id, given))
+            and state_ids.isdisjoint(map(id, given))
+            and not any(map(_is_deleted, given))
+        ):
+            return
+    check_eager(grads, paths, "gradient", who)
     for i in stepping:  # one by one, for the message
         g, where = grads[i], path_str(paths[i])
         if not isinstance(g, (jax.Array, np.ndarray)):
             raise TypeError(f"{who}: gradient {where} is a {type(g).__name__}, not an array")
-        check_grad(paths[i], g, params[i], "gradients", "params")
+        check_grad(paths[i], g, params[i], "gradients", "params", who)
         j = param_ids.get(id(g))
         if j is not None or id(g) in state_ids:
             what = (
@@ -401,13 +475,20 @@ def loaded_buffer(value: Any, shape: tuple, dtype: Any, where: str) -> np.ndarra
 
     Raises ``TypeError`` unless it is a float or complex array of the
     parameter's kind (float / complex), ``ValueError`` unless its shape is
-    ``shape``.
+    ``shape``. A numpy array in non-native byte order (a big-endian file) is
+    accepted: the cast to ``dtype`` makes it native, losslessly.
     """
+    if isinstance(value, (bool, int, float, complex)):
+        raise TypeError(
+            f"{where} is a Python {type(value).__name__}, not an array: a state buffer "
+            f"is an array of the parameter's shape {tuple(shape)} and dtype "
+            f"{jnp.dtype(dtype).name}"
+        )
     try:
         array = host_array(value)
     except (TypeError, ValueError) as err:
         raise TypeError(f"{where} is not an array: {err}") from None
-    if not is_optimizable(array.dtype):  # bfloat16 (numpy kind "V") included
+    if not is_optimizable(native(array.dtype)):  # bfloat16 (numpy kind "V") included
         raise TypeError(f"{where} is {array.dtype}, not a float or complex array")
     if tuple(array.shape) != tuple(shape):
         raise ValueError(

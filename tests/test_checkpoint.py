@@ -158,3 +158,71 @@ def test_sharded_checkpoint_saved_on_4_devices_resumes_on_2_and_on_1(tmp_path):
             np.testing.assert_allclose(
                 resumed[key], straight[key], rtol=1e-12, atol=1e-14, err_msg=key
             )
+
+
+def test_adapter_state_dict_as_tensors_survives_torch_save_and_loads_into_torch(tmp_path):
+    """``state_dict(tensors=True)`` -> torch.save -> torch.load(weights_only=True) ->
+    torch.optim.RMSprop, which then continues as the adapter does; and back."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    dtypes = ["float32", "float64", "complex64", "bfloat16"]
+    shapes = [(3, 2), (4,), (2, 2), (5,)]
+    config = {"lr": 1e-2, "momentum": 0.9, "centered": True, "weight_decay": 0.1}
+
+    def grads_at(k):
+        r = np.random.default_rng(100 + k)
+        return [
+            r.standard_normal(s).astype(np.float32).astype(d)
+            if d != "complex64"
+            else (r.standard_normal(s) + 1j * r.standard_normal(s)).astype(d)
+            for s, d in zip(shapes, dtypes)
+        ]
+
+    start = [rng.standard_normal(s).astype(np.float32).astype(d) for s, d in zip(shapes, dtypes)]
+    opt = jrmsprop.FunctionalRMSprop([jnp.asarray(x) for x in start], **config)
+    for k in range(3):
+        opt.step([jnp.asarray(g) for g in grads_at(k)])
+
+    path = tmp_path / "opt.pt"
+    torch.save(opt.state_dict(tensors=True), path)
+    loaded = torch.load(path, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for e in loaded["state"].values() for v in e.values())
+    assert loaded["state"][0]["step"].dtype == torch.float32  # torch's layout
+
+    def tensor(x):
+        x = np.asarray(x)
+        if x.dtype == jnp.bfloat16:
+            return torch.tensor(x.astype(np.float32)).to(torch.bfloat16)
+        return torch.tensor(x)
+
+    torch_params = [tensor(p).requires_grad_() for p in opt.param_group["params"]]
+    torch_opt = torch.optim.RMSprop(torch_params, **config)
+    torch_opt.load_state_dict(loaded)
+    back = jrmsprop.FunctionalRMSprop([jnp.copy(p) for p in opt.param_group["params"]])
+    back.load_state_dict(torch.load(path, weights_only=True))
+    _assert_bitwise_equal(back.state_dict(), opt.state_dict())
+
+    for k in range(3, 6):
+        grads = grads_at(k)
+        opt.step([jnp.asarray(g) for g in grads])
+        for p, g in zip(torch_params, grads):
+            p.grad = tensor(g)
+        torch_opt.step()
+    for p, t, d in zip(opt.param_group["params"], torch_params, dtypes):
+        tol = {"rtol": 1.6e-2, "atol": 1e-5} if d == "bfloat16" else {}
+        torch.testing.assert_close(tensor(p), t.detach(), **tol)
+
+
+def test_adapter_numpy_state_dict_is_refused_by_torch_load_weights_only(tmp_path):
+    """What the README says: the default (numpy) state dict goes to orbax or np.savez;
+    torch.load(weights_only=True) refuses numpy arrays, hence tensors=True for torch files."""
+    import pickle
+
+    import torch
+
+    opt = jrmsprop.FunctionalRMSprop([jnp.ones(3)], momentum=0.9)
+    opt.step([jnp.ones(3)])
+    torch.save(opt.state_dict(), tmp_path / "numpy.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        torch.load(tmp_path / "numpy.pt", weights_only=True)

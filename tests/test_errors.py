@@ -2,8 +2,10 @@
 
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 
@@ -214,3 +216,190 @@ def test_array_gradient_where_params_had_none_is_a_structure_error():
     state = opt.init(params)
     with pytest.raises(ValueError, match="structure of grads does not match"):
         opt.update({"w": jnp.ones(3), "b": jnp.ones(2)}, state, params)
+
+
+# --- errors that name the thing: the stateful adapter, inject_hyperparams, loaded states
+
+
+def _adapter(**kwargs):
+    params = [jnp.arange(3.0, dtype=jnp.float32)]
+    return params, jrmsprop.FunctionalRMSprop(params, lr=0.1, **kwargs)
+
+
+def _unchanged(opt, params, before):
+    np.testing.assert_array_equal(np.array(params[0]), before)
+    assert not params[0].is_deleted()
+
+
+def test_adapter_step_under_jit_says_to_use_the_pure_transformation():
+    params, opt = _adapter()
+    before = np.array(params[0])
+    with pytest.raises(
+        TypeError,
+        match=r"FunctionalRMSprop: gradient \[0\] is a traced array.*"
+        r"stateful.*jrmsprop\.rmsprop inside it",
+    ):
+        jax.jit(lambda g: opt.step([g]))(jnp.ones(3, jnp.float32))
+    _unchanged(opt, params, before)
+    assert opt.state == {}
+    opt.step([jnp.ones(3, jnp.float32)])  # still usable eagerly
+    assert int(opt.state[0]["step"]) == 1
+
+
+def test_adapter_built_under_jit_says_so():
+    def build(p):
+        jrmsprop.FunctionalRMSprop([p])
+        return p
+
+    with pytest.raises(TypeError, match=r"parameter \[0\] is a traced array"):
+        jax.jit(build)(jnp.ones(3))
+
+
+def test_inject_hyperparams_without_params_and_zero_weight_decay_steps():
+    params = {"w": jnp.array([1.0, -2.0, 0.5], jnp.float32)}
+    grads = {"w": jnp.array([0.3, 1e-3, -1.0], jnp.float32)}
+    injected = optax.inject_hyperparams(jrmsprop.rmsprop)(lr=0.1, momentum=0.9)
+    state = injected.init(params)
+    got, _ = injected.update(grads, state)  # no params: weight_decay is a zero array
+    want, _ = injected.update(grads, state, params)
+    np.testing.assert_array_equal(got["w"], want["w"])
+
+
+def test_inject_hyperparams_traced_weight_decay_without_params_names_the_remedy():
+    params = {"w": jnp.ones(3, jnp.float32)}
+    injected = optax.inject_hyperparams(jrmsprop.rmsprop)(lr=0.1)
+    with pytest.raises(ValueError, match=r"weight_decay is a traced array.*static_args"):
+        jax.jit(injected.update)(params, injected.init(params))
+    static = optax.inject_hyperparams(jrmsprop.rmsprop, static_args=("weight_decay",))(lr=0.1)
+    updates, _ = jax.jit(static.update)(params, static.init(params))
+    assert np.isfinite(np.asarray(updates["w"])).all()
+
+
+def test_inject_hyperparams_nonzero_weight_decay_without_params_names_its_value():
+    params = {"w": jnp.ones(3, jnp.float32)}
+    injected = optax.inject_hyperparams(jrmsprop.rmsprop)(lr=0.1, weight_decay=0.25)
+    with pytest.raises(ValueError, match=r"weight_decay=0\.25 needs params"):
+        injected.update(params, injected.init(params))
+
+
+def test_python_float_as_a_square_avg_leaf_names_the_leaf():
+    params = {"w": jnp.ones(3)}
+    opt = jrmsprop.rmsprop()
+    state = opt.init(params)._replace(square_avg={"w": 0.5})
+    with pytest.raises(TypeError, match=r"state\.square_avg leaf \['w'\] is a float, not an array"):
+        opt.update({"w": jnp.ones(3)}, state, params)
+
+
+@pytest.mark.parametrize("shape", [(3,), ()])
+def test_python_float_as_a_loaded_buffer_is_refused_and_changes_nothing(shape):
+    params = [jnp.ones(shape, jnp.float32)]
+    opt = jrmsprop.FunctionalRMSprop(params, lr=0.1)
+    opt.step([jnp.ones(shape, jnp.float32)])
+    saved = opt.state_dict()
+    bad = opt.state_dict()
+    bad["state"][0]["square_avg"] = 0.5
+    with pytest.raises(TypeError, match=r"'square_avg' of parameter 0 is a Python float"):
+        opt.load_state_dict(bad)
+    np.testing.assert_array_equal(
+        opt.state_dict()["state"][0]["square_avg"], saved["state"][0]["square_avg"]
+    )
+
+
+def test_python_float_in_a_torch_state_dict_names_the_buffer():
+    params = [jnp.ones(3, jnp.float32)]
+    torch_param = torch.ones(3, requires_grad=True)
+    torch_opt = torch.optim.RMSprop([torch_param])
+    torch_param.grad = torch.ones(3)
+    torch_opt.step()
+    state_dict = torch_opt.state_dict()
+    state_dict["state"][0]["square_avg"] = 0.5
+    with pytest.raises(TypeError, match=r"torch square_avg at .* is a Python float"):
+        jrmsprop.from_torch_state_dict(state_dict, params)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">c8"])
+def test_big_endian_numpy_gradient_is_taken_as_its_native_values(dtype):
+    native = np.dtype(dtype).newbyteorder("=")
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(4)
+    if native.kind == "c":
+        values = values + 1j * rng.standard_normal(4)
+    native_grad = values.astype(native)
+    big_grad = native_grad.astype(dtype)
+    assert not big_grad.dtype.isnative and (big_grad == native_grad).all()
+    params = {"w": jnp.ones(4, native)}
+    opt = jrmsprop.rmsprop(lr=0.1, momentum=0.9)
+    got, _ = opt.update({"w": big_grad}, opt.init(params), params)
+    want, _ = opt.update({"w": native_grad}, opt.init(params), params)
+    np.testing.assert_array_equal(got["w"], want["w"])
+    assert got["w"].dtype == native
+
+    stepped = []
+    for grad in (big_grad, native_grad):
+        adapter_params = [jnp.ones(4, native)]
+        jrmsprop.FunctionalRMSprop(adapter_params, lr=0.1, momentum=0.9).step([grad])
+        stepped.append(np.array(adapter_params[0]))
+    np.testing.assert_array_equal(*stepped)
+
+
+def test_big_endian_param_is_refused_naming_the_byte_order():
+    with pytest.raises(TypeError, match=r"\['w'\].*non-native byte order \(>f4.*newbyteorder"):
+        jrmsprop.rmsprop().init({"w": np.ones(3, ">f4")})
+    params, opt = _adapter()
+    opt.step([jnp.ones(3, jnp.float32)])
+    before = np.array(params[0])
+    params[0] = before.astype(">f4")
+    with pytest.raises(TypeError, match=r"FunctionalRMSprop: params leaf \[0\].*non-native byte"):
+        opt.step([jnp.ones(3, jnp.float32)])
+    assert int(opt.state[0]["step"]) == 1
+
+
+def test_big_endian_buffer_in_a_state_dict_loads():
+    params, opt = _adapter(momentum=0.9)
+    opt.step([jnp.ones(3, jnp.float32)])
+    saved = opt.state_dict()
+    swapped = opt.state_dict()
+    for key in ("square_avg", "momentum_buffer"):
+        swapped["state"][0][key] = saved["state"][0][key].astype(">f4")
+    again = jrmsprop.FunctionalRMSprop([jnp.copy(params[0])], lr=0.1)
+    again.load_state_dict(swapped)
+    for key in ("square_avg", "momentum_buffer"):
+        np.testing.assert_array_equal(again.state[0][key], saved["state"][0][key])
+
+
+@pytest.mark.parametrize("name", ["lr", "alpha", "eps", "weight_decay", "momentum"])
+def test_adapter_defaults_without_a_key_names_it(name):
+    params, opt = _adapter()
+    before = np.array(params[0])
+    del opt.defaults[name]
+    with pytest.raises(ValueError, match=rf"FunctionalRMSprop: defaults has no '{name}'"):
+        opt.step([jnp.ones(3, jnp.float32)])
+    with pytest.raises(ValueError, match=rf"defaults has no '{name}'"):
+        opt.state_dict()
+    _unchanged(opt, params, before)
+    assert f"{name}=None" in repr(opt)
+
+
+def test_adapter_param_group_without_params_names_it():
+    _, opt = _adapter()
+    del opt.param_group["params"]
+    with pytest.raises(ValueError, match=r"param_group has no 'params'"):
+        opt.step([jnp.ones(3, jnp.float32)])
+    assert opt.state == {}
+
+
+def test_adapter_dtype_errors_carry_the_adapters_name():
+    params = [jnp.ones(3, jnp.bfloat16)]
+    opt = jrmsprop.FunctionalRMSprop(params)
+    with pytest.raises(
+        TypeError,
+        match=r"^FunctionalRMSprop: dtype mismatch at \[0\]: "
+        r"gradients is float32, params is bfloat16",
+    ):
+        opt.step([jnp.ones(3, jnp.float32)])
+    with pytest.raises(TypeError, match=r"^FunctionalRMSprop: params leaf \[0\] is int32"):
+        jrmsprop.FunctionalRMSprop([jnp.ones(3, jnp.int32)])
+    opt.step([jnp.ones(3, jnp.bfloat16)])
+    params[0] = jnp.ones(4, jnp.bfloat16)
+    with pytest.raises(ValueError, match=r"^FunctionalRMSprop: shape mismatch at \[0\]"):
+        opt.step([jnp.ones(3, jnp.bfloat16)])

@@ -400,3 +400,43 @@ def test_a_custom_rule_chooses_the_layout_and_is_checked():
         _specs(params, lambda path, shape, axis, size: P("model"))
     with pytest.raises(ValueError, match=r"has more entries than \['bias'\] of shape \(4,\)"):
         _specs(params, lambda path, shape, axis, size: P(None, axis))
+
+
+def test_placing_on_an_abstract_mesh_says_it_needs_devices():
+    abstract = AbstractMesh((1,), ("data",))
+    state = optimizer().init({"w": jnp.ones((4, 4))})
+    for place in (jrmsprop.shard_state, jrmsprop.shard_params):
+        with pytest.raises(
+            TypeError,
+            match=rf"{place.__name__} places arrays on devices.*"
+            r"AbstractMesh.*split_shardings",
+        ):
+            place(state, abstract, "data")
+    with pytest.raises(TypeError, match=r"replicate places arrays on devices"):
+        jrmsprop.replicate(state, abstract)
+    layout = jrmsprop.split_shardings(state, abstract, "data")  # a layout needs no devices
+    assert tuple(layout.square_avg["w"].spec) == ("data",)
+
+
+def test_a_rule_naming_one_mesh_axis_twice_names_the_leaf():
+    mesh = jax.make_mesh((1,), ("data",))
+    state = optimizer().init({"w": jnp.ones((4, 4))})
+    with pytest.raises(
+        ValueError,
+        match=r"P\('data', 'data'\) for \.square_avg\['w'\] splits "
+        r"dimensions 0 and 1 over the same mesh axis 'data'",
+    ):
+        jrmsprop.shard_state(state, mesh, "data", rule=lambda *_: P("data", "data"))
+    with pytest.raises(ValueError, match=r"over the same mesh axis 'data'"):
+        jrmsprop.split_shardings(state, mesh, "data", rule=lambda *_: P(("data",), "data"))
+
+
+def test_a_rule_leaving_a_dimension_unconstrained_names_the_leaf():
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    state = optimizer().init({"w": jnp.ones((4, 4))})
+    with pytest.raises(
+        ValueError,
+        match=r"for \.square_avg\['w'\] leaves dimension 0 "
+        r"unconstrained.*with_sharding_constraint",
+    ):
+        jrmsprop.shard_state(state, mesh, "data", rule=lambda *_: P(P.UNCONSTRAINED))
