@@ -53,7 +53,7 @@ class _Plan(NamedTuple):
 
     leaves: list  # the parameter arrays, per position
     grads: list  # per position, an array or None
-    hyper: np.ndarray  # HYPER_ORDER's values
+    hyper: np.ndarray  # HYPER_ORDER's values, then 1 - alpha
     use_momentum: bool
     stepping: tuple  # positions with a gradient
     todo: list  # per unit to run: (unit, indices of its stepping members, their positions)
@@ -165,7 +165,9 @@ class FunctionalRMSprop:
     * One compiled executable per structure, shapes, dtypes and ``None``
       pattern (shared by all optimizers). The numbers in ``defaults`` are
       runtime inputs: setting ``opt.defaults["lr"]`` (a hand-written
-      schedule) never recompiles. Structural, like torch's own branches:
+      schedule) never recompiles. ``1 - alpha`` is computed on the host in
+      double and rounded once, as torch and ``rmsprop`` with Python floats do:
+      the step is jitted ``rmsprop``'s bit for bit (alpha 0.99 to 0.9999). Structural, like torch's own branches:
       ``centered``, ``maximize``, ``momentum > 0`` (a momentum buffer is
       used) and ``weight_decay != 0`` (the decay term exists: a traced zero
       would cost CPU a full extra pass over memory); each setting compiles
@@ -221,8 +223,10 @@ class FunctionalRMSprop:
       ``grad_avg`` (torch raises ``KeyError`` at the next step).
     * ``foreach=True`` keeps the state of parameters of one dtype in flat
       buffers and steps each unit in one fused computation over the
-      concatenated gradients: the same numbers as ``foreach=False``, and far
-      less compile time and per-leaf overhead for many small parameters.
+      concatenated gradients: ``foreach=False``'s numbers up to rounding
+      (XLA:CPU fuses a different product into a multiply-add in the flat
+      program: within a few ulps, not bitwise), and far less compile time and
+      per-leaf overhead for many small parameters.
     * :meth:`state_dict` / :meth:`load_state_dict` use ``torch.optim``'s
       layout, with numpy values; a state dict saved by torch (tensor values)
       loads directly. ``state_dict(tensors=True)`` gives torch tensors, for
@@ -412,7 +416,10 @@ class FunctionalRMSprop:
                 + f"Params length: {len(params)}. "
                 + f"Gradients length: {len(gradients)}"
             )
-        hyper = np.array(hyper_values(self.defaults, HYPER_ORDER, _WHO))
+        values = hyper_values(self.defaults, HYPER_ORDER, _WHO)
+        # 1 - alpha in double, rounded once to the math's dtype by the call, as
+        # torch and rmsprop with Python floats compute it.
+        hyper = np.array([*values, 1.0 - float(values[1])], np.float64)
         leaves = self._checked_params(params)
         grads = self._grad_list(gradients)
         stepping = tuple(i for i, g in enumerate(grads) if g is not None)

@@ -255,6 +255,9 @@ def _step_units_impl(params, grads, states, hyper, *, runs, maximize, decay):
     # give the same numbers but costs CPU a full extra pass over memory (XLA
     # materializes `g + weight_decay * p` because two fusions read it).
     values = {name: hyper[k] for k, name in enumerate(HYPER_ORDER)}
+    # After HYPER_ORDER's values: 1 - alpha, computed on the host in double
+    # and rounded once (a traced 1 - alpha in float32 is far off near alpha=1).
+    values["one_minus_alpha"] = hyper[len(HYPER_ORDER)]
     if not decay:
         values["weight_decay"] = 0.0
     if runs is None:  # units of one parameter each, given flat
@@ -312,7 +315,8 @@ def step_units(
         ``None`` for each buffer this step does not use: ``grad_avg`` unless
         centered, ``momentum_buffer`` unless ``momentum > 0`` (which buffers
         are given decides torch's ``centered`` and ``momentum > 0`` branches).
-      hyper: the values of ``HYPER_ORDER``, traced.
+      hyper: the values of ``HYPER_ORDER`` then ``1 - alpha`` (computed in
+        double on the host), traced.
       runs: ``None`` when every unit is one parameter, else per unit
         :meth:`Layout.runs`.
       maximize: torch's ``maximize``.
