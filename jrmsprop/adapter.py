@@ -46,6 +46,8 @@ from jrmsprop.validation import (
 _WHO = "FunctionalRMSprop"
 _ARRAY_TYPES = (jax.Array, np.ndarray)
 _is_deleted = operator.methodcaller("is_deleted")
+# How many None patterns keep their units-to-run plan (a dict, oldest evicted).
+_TODO_CACHE = 64
 
 
 class _Plan(NamedTuple):
@@ -162,8 +164,11 @@ class FunctionalRMSprop:
       are rebuilt, and when the root itself is immutable
       ``param_group["params"]`` is rebound to the new pytree; read parameters
       back from there.
-    * One compiled executable per structure, shapes, dtypes and ``None``
-      pattern (shared by all optimizers). The numbers in ``defaults`` are
+    * One compiled executable per structure, shapes, dtypes and (with
+      ``foreach=False``) ``None`` pattern, shared by all optimizers. With
+      ``foreach=True`` the ``None`` pattern is a runtime mask: each unit
+      compiles once whatever the pattern, and a member without a gradient
+      keeps its parameter and state bit for bit. The numbers in ``defaults`` are
       runtime inputs: setting ``opt.defaults["lr"]`` (a hand-written
       schedule) never recompiles. ``1 - alpha`` is computed on the host in
       double and rounded once, as torch and ``rmsprop`` with Python floats do:
@@ -320,8 +325,10 @@ class FunctionalRMSprop:
         self._has_state = np.zeros(self._n, bool)
         self._has_momentum = np.zeros(self._n, bool)
         self._has_grad_avg = np.zeros(self._n, bool)
-        # stepping positions -> the units to run and their stepping members.
+        # stepping positions -> the units to run and their stepping members,
+        # the TODO_CACHE most recent patterns; zero gradients per position.
         self._todo: dict = {}
+        self._zeros: dict = {}
 
     # ------------------------------------------------- structural attributes
 
@@ -439,6 +446,8 @@ class FunctionalRMSprop:
                 )
         todo = self._todo.get(stepping)
         if todo is None:
+            if len(self._todo) >= _TODO_CACHE:
+                del self._todo[next(iter(self._todo))]  # the oldest pattern
             todo = self._todo[stepping] = self._units_to_run(positions)
         # Usually every unit to run has state with exactly the buffers this
         # step uses (see the invariants in __init__): no per-unit work then.
@@ -538,34 +547,55 @@ class FunctionalRMSprop:
                     tuple(grads[i] for i in stepping),
                     tuple(states[i] for i in stepping),
                     plan.hyper,
-                    runs=None,
+                    None,
                     **static,
                 )
             except Exception as err:  # noqa: BLE001 (re-raised, with what was lost if anything)
                 return [], err
-            return [(stepping, stepping, new_params, new_states)], None
+            return [(stepping, stepping, new_params, new_states, stepping)], None
         ran = []
+        layout = self._layout
         for u, members, positions in plan.todo:
+            everyone = layout.units[u]
+            if layout.is_flat(u):
+                # Every member goes in, a zero gradient where there is none; the
+                # mask (a runtime value) keeps the others bit for bit.
+                mask = np.zeros(len(everyone), bool)
+                mask[list(members)] = True
+                given = [grads[i] if grads[i] is not None else self._zero_grad(i) for i in everyone]
+                masks: tuple | None = (mask,)
+            else:
+                given, masks = [grads[i] for i in everyone], None
             try:
-                (new_params,), new_states = step_units(
-                    (tuple(leaves[i] for i in positions),),
-                    (tuple(grads[i] for i in positions),),
+                new_params, new_states = step_units(
+                    (tuple(leaves[i] for i in everyone),) if masks else (leaves[everyone[0]],),
+                    (tuple(given),) if masks else (given[0],),
                     (states[u],),
                     plan.hyper,
-                    runs=(self._layout.runs(u, members),),
+                    masks,
                     **static,
                 )
             except Exception as err:  # noqa: BLE001 (committed with what ran, then re-raised)
                 return ran, err
-            ran.append(((u,), positions, new_params, new_states))
+            if masks:
+                (new_params,) = new_params
+            ran.append(((u,), tuple(everyone), new_params, new_states, positions))
         return ran, None
+
+    def _zero_grad(self, i: int) -> jax.Array:
+        """A zero gradient for position ``i`` (cached: gradients are never donated)."""
+        zero = self._zeros.get(i)
+        if zero is None:
+            shape, dtype = self._layout.shapes[i], self._layout.dtypes[i]
+            zero = self._zeros[i] = jnp.zeros(shape, dtype)
+        return zero
 
     def _commit(self, plan: _Plan, ran: list) -> None:
         """Stores what ran, in one place: plain assignments that cannot fail."""
         leaves, states = plan.leaves, self._states
         stepped: Any = []
-        for units, positions, new_params, new_states in ran:
-            for i, p in zip(positions, new_params):
+        for units, replaced, new_params, new_states, positions in ran:
+            for i, p in zip(replaced, new_params):
                 leaves[i] = p
             for u, new in zip(units, new_states):
                 if plan.exact or states[u] is None:
@@ -590,12 +620,13 @@ class FunctionalRMSprop:
 
     def _raise_partial(self, plan: _Plan, ran: list, error: Exception) -> None:
         """Raises the device error that stopped a step, after what ran was committed."""
-        took = [i for _, positions, _, _ in ran for i in positions]
-        done = set(took)
+        took = [i for *_, positions in ran for i in positions]
+        done = {i for _, replaced, *_ in ran for i in replaced}
+        given = sorted(
+            {i for u, _, _ in plan.todo for i in self._layout.units[u]} | set(plan.stepping)
+        )
         lost = [
-            path_str(self._paths[i])
-            for i in plan.stepping
-            if i not in done and plan.leaves[i].is_deleted()
+            path_str(self._paths[i]) for i in given if i not in done and plan.leaves[i].is_deleted()
         ]
         if not ran and not lost:
             raise error  # nothing ran: nothing changed

@@ -74,19 +74,6 @@ def group_positions(dtypes: Sequence[Any], sizes: Sequence[int], foreach: bool) 
     return units
 
 
-def _runs(members: Sequence[int], sizes: Sequence[int], stepping: Sequence[int]) -> tuple:
-    """The flat ``(start, stop)`` ranges of the stepping members, contiguous ones merged."""
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
-    runs: list[list[int]] = []
-    for k in stepping:
-        start, stop = offsets[k], offsets[k + 1]
-        if runs and runs[-1][1] == start:
-            runs[-1][1] = stop
-        else:
-            runs.append([start, stop])
-    return tuple((a, b) for a, b in runs)
-
-
 class Layout:
     """Where each parameter's state lives.
 
@@ -112,8 +99,6 @@ class Layout:
                 self.unit_of[i] = u
                 self.offset[i] = at
                 at += self.sizes[i]
-        # runs per (unit, stepping members): computed once per None pattern.
-        self._runs: dict = {}
 
     def is_flat(self, u: int) -> bool:
         """Whether unit ``u`` keeps flat buffers (more than one parameter)."""
@@ -129,26 +114,6 @@ class Layout:
     def zeros(self, u: int) -> jax.Array:
         """A zero buffer for unit ``u``."""
         return jnp.zeros(self.buffer_shape(u), self.dtypes[self.units[u][0]])
-
-    def runs(self, u: int, stepping: tuple) -> tuple | None:
-        """The static layout :func:`step_units` needs for unit ``u``.
-
-        Args:
-          u: the unit.
-          stepping: indices into ``units[u]`` of the members with a gradient.
-
-        Returns:
-          ``None`` for a unit of one parameter, else the flat ``(start,
-          stop)`` ranges of the stepping members.
-        """
-        if not self.is_flat(u):
-            return None
-        key = (u, stepping)
-        runs = self._runs.get(key)
-        if runs is None:
-            members = self.units[u]
-            runs = self._runs[key] = _runs(members, [self.sizes[i] for i in members], stepping)
-        return runs
 
     def split(self, u: int, buffer: jax.Array | None) -> list:
         """Per member of unit ``u``, a new array (in its shape) holding its part of ``buffer``."""
@@ -202,72 +167,63 @@ def _split_flat(buffer: jax.Array, sizes: tuple, shapes: tuple) -> tuple:
     return tuple(piece.reshape(shape) for piece, shape in zip(pieces, shapes))
 
 
-def _step_unit(params, grads, state, hyper, runs, maximize):
-    """One unit: new stepping params and the new used buffers (``None`` where unused)."""
+def _step_unit(params, grads, state, hyper, mask, maximize):
+    """One unit: new params and the new used buffers (``None`` where unused).
+
+    ``mask`` is ``None`` for a unit of one parameter (it steps), else a traced
+    bool per member: every member is given (a zero gradient for a member
+    without one) and a member whose mask is False keeps its parameter and
+    state bit for bit (``jnp.where`` picks the old values). The None pattern
+    is a runtime value, so a unit compiles once whatever it is.
+    """
     square_avg, grad_avg, momentum_buffer = state
-    if runs is None:
+    if mask is None:
         (p,), (g,) = params, grads
-
-        def take(buf):
-            return buf
-
-        def put(old, new):
-            return new
     else:
         p = jnp.concatenate([x.ravel() for x in params])
         g = jnp.concatenate([x.ravel() for x in grads])
-        full = runs == ((0, square_avg.shape[0]),)
-
-        def take(buf):
-            if buf is None or full:
-                return buf
-            return jnp.concatenate([buf[a:b] for a, b in runs])
-
-        def put(old, new):
-            if new is None or full:
-                return new
-            at = 0
-            for a, b in runs:
-                old = jax.lax.dynamic_update_slice(old, new[at : at + b - a], (a,))
-                at += b - a
-            return old
-
+        sizes = [x.size for x in params]
+        on = jnp.repeat(mask, np.array(sizes), total_repeat_length=sum(sizes))
     update, new_sq, new_ga, new_mb = step_leaf(
-        p, g, take(square_avg), take(grad_avg), take(momentum_buffer), hyper, maximize
+        p, g, square_avg, grad_avg, momentum_buffer, hyper, maximize
     )
     new_p = p + update
-    if runs is None:
-        new_params = (new_p,)
-    else:
-        pieces = jnp.split(new_p, np.cumsum([x.size for x in params])[:-1].tolist())
-        new_params = tuple(piece.reshape(x.shape) for piece, x in zip(pieces, params))
+    if mask is None:
+        return (new_p,), (new_sq, new_ga, new_mb)
+
+    def keep(old, new):
+        return None if new is None else jnp.where(on, new, old)
+
+    new_p = keep(p, new_p)
+    pieces = jnp.split(new_p, np.cumsum(sizes)[:-1].tolist())
+    new_params = tuple(piece.reshape(x.shape) for piece, x in zip(pieces, params))
     new_state = (
-        put(square_avg, new_sq),
-        put(grad_avg, new_ga),
-        put(momentum_buffer, new_mb),
+        keep(square_avg, new_sq),
+        keep(grad_avg, new_ga),
+        keep(momentum_buffer, new_mb),
     )
     return new_params, new_state
 
 
-def _step_units_impl(params, grads, states, hyper, *, runs, maximize, decay):
-    # All five stay traced (changing them never recompiles), except a zero
-    # weight decay: torch's `weight_decay != 0` branch. A traced zero would
-    # give the same numbers but costs CPU a full extra pass over memory (XLA
-    # materializes `g + weight_decay * p` because two fusions read it).
+def _step_units_impl(params, grads, states, hyper, masks, *, maximize, decay):
+    # All hyperparameters stay traced (changing them never recompiles), except
+    # a zero weight decay: torch's `weight_decay != 0` branch. A traced zero
+    # would give the same numbers but costs CPU a full extra pass over memory
+    # (XLA materializes `g + weight_decay * p` because two fusions read it).
     values = {name: hyper[k] for k, name in enumerate(HYPER_ORDER)}
     # After HYPER_ORDER's values: 1 - alpha, computed on the host in double
     # and rounded once (a traced 1 - alpha in float32 is far off near alpha=1).
     values["one_minus_alpha"] = hyper[len(HYPER_ORDER)]
     if not decay:
         values["weight_decay"] = 0.0
-    if runs is None:  # units of one parameter each, given flat
+    if masks is None:  # units of one parameter each, given flat
         stepped = [
             _step_unit((p,), (g,), s, values, None, maximize)
             for p, g, s in zip(params, grads, states)
         ]
         return tuple(p for (p,), _ in stepped), tuple(s for _, s in stepped)
     stepped = [
-        _step_unit(p, g, s, values, r, maximize) for p, g, s, r in zip(params, grads, states, runs)
+        _step_unit(p, g, s, values, m, maximize) for p, g, s, m in zip(params, grads, states, masks)
     ]
     return tuple(p for p, _ in stepped), tuple(s for _, s in stepped)
 
@@ -276,14 +232,14 @@ def _step_units_impl(params, grads, states, hyper, *, runs, maximize, decay):
 # Params (0) and state (2) are donated: a step holds one copy of each.
 _step_units = jax.jit(
     _step_units_impl,
-    static_argnames=("runs", "maximize", "decay"),
+    static_argnames=("maximize", "decay"),
     donate_argnums=(0, 2),
 )
 # With jax_debug_nans or jax_debug_infs on, JAX re-runs a call that produced
 # a NaN or inf, de-optimized, to find the operation: donated inputs would be
 # gone by then. Those runs donate nothing, so a step that raises JAX's
 # FloatingPointError leaves params and state as they were.
-_step_units_kept = jax.jit(_step_units_impl, static_argnames=("runs", "maximize", "decay"))
+_step_units_kept = jax.jit(_step_units_impl, static_argnames=("maximize", "decay"))
 
 
 def debugging() -> bool:
@@ -296,8 +252,8 @@ def step_units(
     grads: tuple,
     states: tuple,
     hyper: np.ndarray,
+    masks: tuple | None,
     *,
-    runs: tuple | None,
     maximize: bool,
     decay: bool,
     donate: bool = True,
@@ -308,8 +264,8 @@ def step_units(
     ``jax_debug_nans`` or ``jax_debug_infs`` is on.
 
     Args:
-      params: per unit, a tuple of its stepping members' parameters; with
-        ``runs=None`` (every unit one parameter), the parameters themselves.
+      params: per unit, a tuple of all its members' parameters; with
+        ``masks=None`` (every unit one parameter), the parameters themselves.
       grads: their gradients, in the same layout (same shapes and dtypes).
       states: per unit, ``(square_avg, grad_avg, momentum_buffer)`` with
         ``None`` for each buffer this step does not use: ``grad_avg`` unless
@@ -317,15 +273,18 @@ def step_units(
         are given decides torch's ``centered`` and ``momentum > 0`` branches).
       hyper: the values of ``HYPER_ORDER`` then ``1 - alpha`` (computed in
         double on the host), traced.
-      runs: ``None`` when every unit is one parameter, else per unit
-        :meth:`Layout.runs`.
+      masks: ``None`` when every unit is one parameter, else per unit a bool
+        array, one entry per member: whether it steps (traced: the None
+        pattern never recompiles). Every member is given then, a zero
+        gradient for one that does not step.
       maximize: torch's ``maximize``.
       decay: whether ``weight_decay != 0`` (the term exists only then).
       donate: whether params and states are donated.
 
     Returns:
-      ``(params, states)`` in the layout of the inputs: the new stepping
-      parameters and the new used buffers (``None`` where the input was ``None``).
+      ``(params, states)`` in the layout of the inputs: the new parameters
+      (a masked-out member's bit for bit its old one) and the new used
+      buffers (``None`` where the input was ``None``).
     """
     run = _step_units if donate else _step_units_kept
-    return run(params, grads, states, hyper, runs=runs, maximize=maximize, decay=decay)
+    return run(params, grads, states, hyper, masks, maximize=maximize, decay=decay)
