@@ -306,7 +306,9 @@ class FunctionalRMSprop:
         # NOTE: one param_group, as in torch's scripted class.
         self.param_group = {"params": params}
         self._n = len(leaves)
-        self._flat_list = type(params) is list and treedef == jax.tree.structure([0] * self._n)
+        self._flat_list = type(params) is list and bool(
+            treedef == jax.tree.structure([0] * self._n)  # type: ignore[operator]
+        )
         self._layout = Layout(
             [leaf.shape for leaf in leaves], [leaf.dtype for leaf in leaves], foreach
         )
@@ -460,7 +462,9 @@ class FunctionalRMSprop:
             states = self._states
         else:
             uses = (True, self._centered, use_momentum)
-            states = {u: self._used_buffers(u, uses) for u, _, _ in todo}
+            states = {  # type: ignore[assignment]
+                u: self._used_buffers(u, uses) for u, _, _ in todo
+            }
         return _Plan(leaves, grads, hyper, use_momentum, stepping, todo, states, exact)
 
     def _used_buffers(self, u: int, uses: tuple) -> tuple:
@@ -477,7 +481,7 @@ class FunctionalRMSprop:
             leaves = list(params)
         else:
             leaves, treedef = jax.tree.flatten(params)
-            if treedef != self._treedef:
+            if treedef != self._treedef:  # type: ignore[operator]
                 raise ValueError(
                     "FunctionalRMSprop: param_group['params'] changed structure since the "
                     f"optimizer was built: it is {treedef}, it was {self._treedef}"
@@ -511,7 +515,7 @@ class FunctionalRMSprop:
             # Decided against the params' structure: a None where the params
             # hold None is no parameter, a None where they hold an array is
             # torch's "no gradient".
-            return self._treedef.flatten_up_to(gradients)
+            return self._treedef.flatten_up_to(gradients)  # type: ignore[attr-defined]
         except (ValueError, TypeError) as err:
             raise ValueError(
                 "FunctionalRMSprop: the structure of the gradients does not match the params "
@@ -553,7 +557,7 @@ class FunctionalRMSprop:
             except Exception as err:  # noqa: BLE001 (re-raised, with what was lost if anything)
                 return [], err
             return [(stepping, stepping, new_params, new_states, stepping)], None
-        ran = []
+        ran: list = []
         layout = self._layout
         for u, members, positions in plan.todo:
             everyone = layout.units[u]
@@ -717,7 +721,7 @@ class FunctionalRMSprop:
             hyper_values(self.defaults, HYPER_ORDER, _WHO)  # nothing missing or invalid is saved
             buffers = self._per_position(self._layout.split_host)
             state = self._entries(buffers, lambda n: np.asarray(n, np.float32))
-            group = dict(self.defaults)
+            group: dict[str, Any] = dict(self.defaults)
             group.update(centered=self._centered, foreach=self._foreach, maximize=self._maximize)
             group["params"] = list(range(self._n))
             saved = {"state": state, "param_groups": [group]}

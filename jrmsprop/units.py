@@ -244,7 +244,8 @@ _step_units_kept = jax.jit(_step_units_impl, static_argnames=("maximize", "decay
 
 def debugging() -> bool:
     """Whether a flag is on that makes JAX re-run a call (so nothing may be donated)."""
-    return bool(jax.config.jax_debug_nans or jax.config.jax_debug_infs)
+    config: Any = jax.config  # its flags are attributes mypy cannot see
+    return bool(config.jax_debug_nans or config.jax_debug_infs)
 
 
 def step_units(
