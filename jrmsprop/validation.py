@@ -48,6 +48,8 @@ def check_hyperparams(**hyperparams: Any) -> None:
         value = hyperparams.get(name)
         if value is None or callable(value):
             continue
+        if isinstance(value, (str, bytes)):
+            raise TypeError(f"{name} must be a real number, got the string {value!r}")
         number = concrete_number(value)
         if number is not None and not 0.0 <= number:
             raise ValueError(message.format(number))
@@ -356,6 +358,12 @@ def hyper_value(name: str, value: Any, who: str) -> float:
     Raises torch's ``ValueError`` when it is negative or NaN, ``TypeError``
     when it is not a real number.
     """
+    if isinstance(value, (str, bytes)):
+        # float("0.01") would read it; torch refuses a string hyperparameter.
+        raise TypeError(
+            f"{who}: defaults[{name!r}] must be a real number, got the string {value!r}; "
+            f"write opt.defaults[{name!r}] = {value!s} without the quotes"
+        )
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -387,6 +395,15 @@ def group_params(param_group: Any, who: str) -> Any:
         raise ValueError(
             f"{who}: param_group has no 'params' (its keys: {keys}); the step reads the "
             "parameters from param_group['params'] and writes the new ones there"
+        )
+    others = [key for key in param_group if key != "params"]
+    if others:
+        # torch.optim's habit, opt.param_groups[0]["lr"] = x, does nothing in torch's
+        # _FunctionalRMSprop either: it reads defaults. Refused, so it is never silently ignored.
+        raise ValueError(
+            f"{who}: param_group holds {_names(others)} besides 'params'; the step reads "
+            f"hyperparameters from opt.defaults, as torch's _FunctionalRMSprop does: write "
+            f"opt.defaults[{others[0]!r}] = ... and remove the key from param_group"
         )
     return param_group["params"]
 

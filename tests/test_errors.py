@@ -403,3 +403,37 @@ def test_adapter_dtype_errors_carry_the_adapters_name():
     params[0] = jnp.ones(4, jnp.bfloat16)
     with pytest.raises(ValueError, match=r"^FunctionalRMSprop: shape mismatch at \[0\]"):
         opt.step([jnp.ones(3, jnp.bfloat16)])
+
+
+@pytest.mark.parametrize("name", ["lr", "alpha", "eps", "weight_decay", "momentum"])
+def test_a_string_hyperparameter_is_refused_in_both_apis_and_nothing_changes(name):
+    # torch refuses one too (a comparison of str and float); float("0.01") would read it.
+    with pytest.raises(TypeError, match=f"{name} must be a real number, got the string '0.5'"):
+        jrmsprop.rmsprop(**{name: "0.5"})
+    params = [jnp.ones(3, jnp.float32)]
+    opt = jrmsprop.FunctionalRMSprop(params, lr=1e-2)
+    opt.defaults[name] = "0.5"
+    with pytest.raises(
+        TypeError, match=rf"defaults\['{name}'\] must be a real number, got the string"
+    ):
+        opt.step([jnp.ones(3, jnp.float32)])
+    with pytest.raises(TypeError, match="got the string"):
+        opt.state_dict()
+    assert np.asarray(params[0]).tolist() == [1.0, 1.0, 1.0] and opt.state == {}
+
+
+def test_a_hyperparameter_written_into_param_group_is_refused_not_ignored():
+    """torch.optim's habit, param_groups[0]["lr"] = x, has no effect on torch's
+    _FunctionalRMSprop (it reads defaults); the adapter says so instead of ignoring it."""
+    params = [jnp.ones(3, jnp.float32)]
+    opt = jrmsprop.FunctionalRMSprop(params, lr=1e-2)
+    opt.param_group["lr"] = 5.0
+    with pytest.raises(
+        ValueError, match=r"param_group holds 'lr' besides 'params'.*opt.defaults\['lr'\]"
+    ):
+        opt.step([jnp.ones(3, jnp.float32)])
+    assert np.asarray(opt.param_group["params"][0]).tolist() == [1.0, 1.0, 1.0] and opt.state == {}
+    del opt.param_group["lr"]
+    opt.defaults["lr"] = 5.0
+    opt.step([jnp.ones(3, jnp.float32)])
+    assert int(opt.state[0]["step"]) == 1
