@@ -26,6 +26,7 @@ import numpy as np
 from jrmsprop.interop import state_dict_tensors
 from jrmsprop.units import BUFFERS, HYPER_ORDER, Layout, debugging, step_units
 from jrmsprop.validation import (
+    STEP_MAX,
     ArraySpec,
     check_distinct,
     check_eager,
@@ -40,6 +41,7 @@ from jrmsprop.validation import (
     path_str,
     state_dict_parts,
     step_count,
+    step_value,
     upcast,
 )
 
@@ -608,7 +610,7 @@ class FunctionalRMSprop:
                     states[u] = tuple(o if n is None else n for o, n in zip(states[u], new))
             stepped.extend(positions)
         stepped = np.array(stepped, np.int64)
-        self._steps[stepped] += 1
+        self._steps[stepped] = np.minimum(self._steps[stepped] + 1, STEP_MAX)  # saturates
         self._has_state[stepped] = True
         if plan.use_momentum:
             self._has_momentum[stepped] = True
@@ -720,7 +722,7 @@ class FunctionalRMSprop:
         with self._lock:
             hyper_values(self.defaults, HYPER_ORDER, _WHO)  # nothing missing or invalid is saved
             buffers = self._per_position(self._layout.split_host)
-            state = self._entries(buffers, lambda n: np.asarray(n, np.float32))
+            state = self._entries(buffers, step_value)
             group: dict[str, Any] = dict(self.defaults)
             group.update(centered=self._centered, foreach=self._foreach, maximize=self._maximize)
             group["params"] = list(range(self._n))

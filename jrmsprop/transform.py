@@ -506,7 +506,8 @@ def rmsprop(
         stepped = np.array([g is not None for g in grads], np.int32)
         new_state = RMSpropState(
             count=optax.safe_increment(state.count),
-            step=state.step + stepped,
+            # Saturates at int32's largest value, as optax.safe_increment does for count.
+            step=state.step + stepped * (state.step < jnp.iinfo(jnp.int32).max),
             square_avg=new_sq,
             momentum_buffer=None if state.momentum_buffer is None else new_buf,
             grad_avg=None if state.grad_avg is None else new_ga,

@@ -322,6 +322,18 @@ def check_state_entry(index: Any, entry: Any, momentum: float, centered: bool, w
         raise ValueError(f"{where}: the state of parameter {index!r} has None for {_names(nones)}")
 
 
+# The largest step count kept: int32's, as rmsprop's ``step`` vector and optax's ``count``
+# hold it. Counters saturate there (optax.safe_increment's rule) instead of wrapping.
+STEP_MAX = 2**31 - 1
+
+
+def step_value(count: int) -> np.ndarray:
+    """A step count as ``state_dict`` writes it: a float32 0-d array, as torch keeps
+    ``state["step"]``, while float32 holds the count exactly (up to 2**24); float64 past
+    that, so the state dict and ``state`` report the same count."""
+    return np.asarray(count, np.float32 if count <= 2**24 else np.float64)
+
+
 def step_count(value: Any, where: str) -> int:
     """torch's ``state["step"]`` (a number or 0-d array/tensor) as an ``int``.
 
@@ -338,6 +350,11 @@ def step_count(value: Any, where: str) -> int:
         number = float(array.reshape(()))
     if number is None or not math.isfinite(number) or number < 0 or number != int(number):
         raise ValueError(f"{where}: step must be a finite non-negative integer, got {value!r}")
+    if number > STEP_MAX:
+        raise ValueError(
+            f"{where}: step {number:.17g} is more than 2**31 - 1 = {STEP_MAX}, the largest count "
+            "jrmsprop keeps (an int32, as optax's count; counters saturate there)"
+        )
     return int(number)
 
 
