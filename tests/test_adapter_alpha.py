@@ -31,8 +31,8 @@ def _data():
     return p0, grads
 
 
-def _pure(kw, p0, grads):
-    tx = jrmsprop.rmsprop(**kw)
+def _run(tx, p0, grads):
+    """Params (numpy) and state after a jitted step per gradient."""
     params = [jnp.asarray(p) for p in p0]
     state = tx.init(params)
 
@@ -44,6 +44,10 @@ def _pure(kw, p0, grads):
     for g in grads:
         params, state = step(params, state, [jnp.asarray(x) for x in g])
     return [np.asarray(p) for p in params], state
+
+
+def _pure(kw, p0, grads):
+    return _run(jrmsprop.rmsprop(**kw), p0, grads)
 
 
 def _adapter(kw, p0, grads, foreach):
@@ -130,17 +134,7 @@ def test_one_step_at_alpha_one_minus_1e8_is_torchs():
 
 
 def _injected_run(tx, p0, grads):
-    params = [jnp.asarray(p) for p in p0]
-    state = tx.init(params)
-
-    @jax.jit
-    def step(params, state, g):
-        updates, state = tx.update(g, state, params)
-        return optax.apply_updates(params, updates), state
-
-    for g in grads:
-        params, state = step(params, state, [jnp.asarray(x) for x in g])
-    return [np.asarray(p) for p in params]
+    return _run(tx, p0, grads)[0]
 
 
 @pytest.mark.parametrize("alpha", [0.9999, 1 - 1e-8])
