@@ -434,8 +434,7 @@ class FunctionalRMSprop:
         leaves = self._checked_params(params)
         grads = self._grad_list(gradients)
         stepping = tuple(i for i, g in enumerate(grads) if g is not None)
-        check_gradients(grads, stepping, leaves, self._paths, self._states, _WHO)
-        if any(grads[i].dtype != leaves[i].dtype for i in stepping):
+        if check_gradients(grads, stepping, leaves, self._paths, self._states, _WHO):
             # Narrower gradients (bfloat16 for float32 params, ...) upcast losslessly.
             grads = [upcast(g, p.dtype) for g, p in zip(grads, leaves)]
         positions = np.array(stepping, np.int64)

@@ -442,6 +442,26 @@ _dtype = operator.attrgetter("dtype")
 _is_deleted = operator.methodcaller("is_deleted")
 
 
+def _on_its_devices(g: Any, p: Any) -> bool:
+    """Whether gradient ``g`` may meet parameter ``p`` in one compiled call.
+
+    A JAX array that is not committed (created without a device or sharding)
+    follows the committed arguments, and so does a numpy array. A committed one
+    must be on the parameter's devices: its sharding may differ there (JAX
+    reshards it, the parameter keeps its own), its devices may not (the call
+    would fail, or move the parameter to the gradient's devices).
+    """
+    if not isinstance(g, jax.Array) or not g.committed:
+        return True
+    gs, ps = g.sharding, p.sharding
+    return gs is ps or gs == ps or gs.device_set == ps.device_set
+
+
+def _devices(array: jax.Array) -> str:
+    devices = sorted(array.sharding.device_set, key=operator.attrgetter("id"))
+    return repr(devices[0]) if len(devices) == 1 else f"{len(devices)} devices {devices}"
+
+
 def check_gradients(
     grads: Sequence,
     stepping: Sequence[int],
@@ -449,44 +469,51 @@ def check_gradients(
     paths: Sequence,
     states: Sequence,
     who: str,
-) -> None:
+) -> bool:
     """Checks the gradients of a step that donates ``params`` and the ``states`` buffers.
 
     Each ``grads[i]`` for ``i`` in ``stepping`` must be an array (JAX or
     numpy) of ``params[i]``'s shape and dtype (or a narrower dtype that
-    upcasts losslessly, see :func:`check_grad`), not traced, not deleted, and
+    upcasts losslessly, see :func:`check_grad`), not traced, not deleted,
     neither a parameter nor a state buffer (a donated array cannot also be
-    read).
+    read), and, if it is a JAX array committed to devices, on ``params[i]``'s
+    devices (see :func:`_on_its_devices`).
 
     Args:
       grads: per position, a gradient or ``None``.
       stepping: the positions whose gradient is not ``None``.
-      params: per position, the parameter array.
+      params: per position, the parameter array (a JAX array).
       paths: per position, its key path (for the messages).
       states: buffers the step donates, in tuples (``None`` entries allowed).
       who: the caller's name, first in every message.
+
+    Returns:
+      Whether some gradient's dtype is narrower than its parameter's (the
+      caller upcasts those).
     """
     param_ids = dict(zip(map(id, params), range(len(params))))
     state_ids = set(map(id, chain.from_iterable(filter(None, states))))
     given = [grads[i] for i in stepping]
+    wanted = [params[i] for i in stepping]
     # The common case, in bulk (C loops): JAX arrays, all fine. A traced
     # gradient fails is_deleted(): the loop below says what it is.
     with contextlib.suppress(jax.errors.ConcretizationTypeError):
         if (
             all(map(isinstance, given, repeat(jax.Array)))
-            and list(map(_shape, given)) == [params[i].shape for i in stepping]
-            and list(map(_dtype, given)) == [params[i].dtype for i in stepping]
+            and list(map(_shape, given)) == list(map(_shape, wanted))
+            and list(map(_dtype, given)) == list(map(_dtype, wanted))
             and param_ids.keys().isdisjoint(map(id, given))
             and state_ids.isdisjoint(map(id, given))
             and not any(map(_is_deleted, given))
+            and all(map(_on_its_devices, given, wanted))
         ):
-            return
+            return False
     check_eager(grads, paths, "gradient", who)
     for i in stepping:  # one by one, for the message
-        g, where = grads[i], path_str(paths[i])
+        g, p, where = grads[i], params[i], path_str(paths[i])
         if not isinstance(g, (jax.Array, np.ndarray)):
             raise TypeError(f"{who}: gradient {where} is a {type(g).__name__}, not an array")
-        check_grad(paths[i], g, params[i], "gradients", "params", who)
+        check_grad(paths[i], g, p, "gradients", "params", who)
         j = param_ids.get(id(g))
         if j is not None or id(g) in state_ids:
             what = (
@@ -502,6 +529,13 @@ def check_gradients(
                 f"{who}: the gradient at {where} is a deleted array (donated to or deleted by "
                 "other code)"
             )
+        if not _on_its_devices(g, p):
+            raise ValueError(
+                f"{who}: the gradient at {where} is committed to {_devices(g)}, its parameter "
+                f"is on {_devices(p)}; a step keeps each parameter where it is: move the "
+                "gradient there first, e.g. jax.device_put(g, p.sharding)"
+            )
+    return any(grads[i].dtype != params[i].dtype for i in stepping)
 
 
 def loaded_buffer(value: Any, shape: tuple, dtype: Any, where: str) -> np.ndarray:

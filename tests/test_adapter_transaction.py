@@ -6,6 +6,7 @@ import copy
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 
@@ -15,6 +16,10 @@ import numpy as np
 import pytest
 
 from jrmsprop import FunctionalRMSprop
+
+PROGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "parallel_progs")
+sys.path.insert(0, PROGS)
+from runner import check_ran, device_env, run_processes
 
 N = 130  # with foreach=True: units of 64, 64 and 2
 
@@ -264,3 +269,13 @@ def test_copy_copy_is_a_clear_error():
     opt = FunctionalRMSprop(_params())
     with pytest.raises(TypeError, match="copy.deepcopy"):
         copy.copy(opt)
+
+
+def test_a_gradient_on_another_device_in_the_last_unit_is_refused_before_anything_runs():
+    # Two forced host devices need a fresh process; the program asserts, for
+    # both foreach settings: refused with the position and the remedy, nothing
+    # changed or deleted; another sharding on the same devices is accepted.
+    cmd = [sys.executable, os.path.join(PROGS, "adapter_devices_prog.py")]
+    results = run_processes([(cmd, device_env(2))])
+    check_ran(results, "adapter_devices_prog.py")
+    assert results[0][1].strip().endswith("ok")
