@@ -457,7 +457,7 @@ def _on_its_devices(g: Any, p: Any) -> bool:
     return gs is ps or gs == ps or gs.device_set == ps.device_set
 
 
-def _devices(array: jax.Array) -> str:
+def _devices(array: Any) -> str:
     devices = sorted(array.sharding.device_set, key=operator.attrgetter("id"))
     return repr(devices[0]) if len(devices) == 1 else f"{len(devices)} devices {devices}"
 
