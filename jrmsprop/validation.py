@@ -454,7 +454,7 @@ def _on_its_devices(g: Any, p: Any) -> bool:
     if not isinstance(g, jax.Array) or not g.committed:
         return True
     gs, ps = g.sharding, p.sharding
-    return gs is ps or gs == ps or gs.device_set == ps.device_set
+    return gs is ps or gs.device_set == ps.device_set
 
 
 def _devices(array: Any) -> str:
@@ -488,8 +488,8 @@ def check_gradients(
       who: the caller's name, first in every message.
 
     Returns:
-      Whether some gradient's dtype is narrower than its parameter's (the
-      caller upcasts those).
+      Whether some gradient's dtype differs from its parameter's (narrower,
+      or another byte order): the caller upcasts those.
     """
     param_ids = dict(zip(map(id, params), range(len(params))))
     state_ids = set(map(id, chain.from_iterable(filter(None, states))))
