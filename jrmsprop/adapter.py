@@ -11,20 +11,20 @@ run, and committed in one place.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import operator
-import signal
 import threading
-from collections.abc import Iterator
-from typing import Any, NamedTuple
+from itertools import repeat
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jrmsprop import transaction
 from jrmsprop.interop import state_dict_tensors
-from jrmsprop.units import BUFFERS, HYPER_ORDER, Layout, debugging, step_units
+from jrmsprop.transaction import Plan
+from jrmsprop.units import BUFFERS, HYPER_ORDER, Layout, debugging
 from jrmsprop.validation import (
     STEP_MAX,
     ArraySpec,
@@ -52,19 +52,6 @@ _is_deleted = operator.methodcaller("is_deleted")
 _TODO_CACHE = 64
 
 
-class _Plan(NamedTuple):
-    """A checked step: everything the run and the commit need."""
-
-    leaves: list  # the parameter arrays, per position
-    grads: list  # per position, an array or None
-    hyper: np.ndarray  # HYPER_ORDER's values, then 1 - alpha
-    use_momentum: bool
-    stepping: tuple  # positions with a gradient
-    todo: list  # per unit to run: (unit, indices of its stepping members, their positions)
-    states: Any  # per unit to run: its state with the buffers this step uses
-    exact: bool  # whether those are all the buffers each unit has
-
-
 def _write_back(old: Any, new: Any) -> Any:
     """Puts ``new``'s leaves into ``old``'s lists and dicts, in place.
 
@@ -81,67 +68,6 @@ def _write_back(old: Any, new: Any) -> Any:
             old[key] = _write_back(old[key], new[key])
         return old
     return new
-
-
-# Every signal Python can have a handler for (SIGKILL and SIGSTOP cannot).
-_SIGNALS = tuple(
-    s
-    for s in signal.valid_signals()
-    if s not in (getattr(signal, "SIGKILL", None), getattr(signal, "SIGSTOP", None))
-)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Holds back every Python-level signal handler until the block is done.
-
-    Donation makes a compiled call consume its inputs: between the first
-    call of a step and the commit, the only copy of a parameter is in a local
-    variable, and an exception raised by a signal handler there (Ctrl-C's
-    ``KeyboardInterrupt``, a time limit's ``TimeoutError``) would lose it; a
-    handler that reads the optimizer there (a preemption checkpoint) would
-    see it half-stepped. So each signal whose handler is a Python callable is
-    recorded instead, and once the block is done the handlers are put back
-    and called in the order the signals arrived: they see a whole optimizer.
-    ``SIG_DFL``, ``SIG_IGN`` and handlers not installed from Python are left
-    alone. Python runs signal handlers only on the main thread, so elsewhere
-    there is nothing to hold back (and a handler cannot be installed).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    getsignal = signal.getsignal
-    previous = {s: h for s in _SIGNALS if callable(h := getsignal(s))}
-    received: list = []
-    installed: dict = {}
-    try:
-        # signal.signal runs pending handlers first: a signal that arrived
-        # before this point is handled here, before anything ran.
-        for s, handler in previous.items():
-            signal.signal(s, lambda signum, frame: received.append((signum, frame)))
-            installed[s] = handler
-        yield
-    finally:
-        for s, handler in installed.items():
-            signal.signal(s, handler)
-        _deliver(received, previous)
-
-
-def _deliver(received: list, handlers: dict) -> None:
-    """Calls each held-back signal's handler, in arrival order.
-
-    A handler that raises does not stop the later ones: they still run, and
-    the first exception is the one that propagates.
-    """
-    first: BaseException | None = None
-    for signum, frame in received:
-        try:
-            handlers[signum](signum, frame)
-        except BaseException as err:  # noqa: BLE001 (re-raised below, after the others ran)
-            if first is None:
-                first = err
-    if first is not None:
-        raise first
 
 
 class FunctionalRMSprop:
@@ -333,6 +259,9 @@ class FunctionalRMSprop:
         # the TODO_CACHE most recent patterns; zero gradients per position.
         self._todo: dict = {}
         self._zeros: dict = {}
+        # The stepping pattern of a step where every parameter has a gradient.
+        self._everyone = tuple(range(self._n))
+        self._all_positions = np.arange(self._n)
 
     # ------------------------------------------------- structural attributes
 
@@ -375,7 +304,7 @@ class FunctionalRMSprop:
             if bool(value) == self._foreach:
                 return
             layout = Layout(self._layout.shapes, self._layout.dtypes, bool(value))
-            with _signals_deferred():
+            with transaction.signals_deferred():
                 states = self._packed(layout, self._per_position(self._layout.split))
                 self._layout, self._states, self._foreach = layout, states, bool(value)
                 self._todo = {}
@@ -408,16 +337,10 @@ class FunctionalRMSprop:
             plan = self._check(gradients)
             if not plan.todo:
                 return
-            donate = not debugging()
-            with _signals_deferred():
-                ran, error = self._run(plan, donate)
-                if error is not None and not donate:
-                    raise error  # nothing was donated: drop what ran, all is as before
-                self._commit(plan, ran)
-                if error is not None:
-                    self._raise_partial(plan, ran, error)
+            donate = not debugging()  # a debug flag's re-run needs its inputs
+            transaction.apply(plan, donate, self._run, self._commit, self._raise_partial)
 
-    def _check(self, gradients: Any) -> _Plan:
+    def _check(self, gradients: Any) -> Plan:
         """Every check of a step; raises before anything changes."""
         params = group_params(self.param_group, _WHO)
         lists = isinstance(params, list) and isinstance(gradients, (list, tuple))
@@ -433,11 +356,18 @@ class FunctionalRMSprop:
         hyper = np.array([*values, 1.0 - float(values[1])], np.float64)
         leaves = self._checked_params(params)
         grads = self._grad_list(gradients)
-        stepping = tuple(i for i, g in enumerate(grads) if g is not None)
-        if check_gradients(grads, stepping, leaves, self._paths, self._states, _WHO):
+        everyone = not any(map(operator.is_, grads, repeat(None)))
+        if everyone:
+            stepping, positions = self._everyone, self._all_positions
+        else:
+            stepping = tuple(i for i, g in enumerate(grads) if g is not None)
+            positions = np.array(stepping, np.int64)
+        layout = self._layout
+        if check_gradients(
+            grads, stepping, leaves, self._paths, self._states, _WHO, layout.shapes, layout.dtypes
+        ):
             # Narrower gradients (bfloat16 for float32 params, ...) upcast losslessly.
             grads = [upcast(g, p.dtype) for g, p in zip(grads, leaves)]
-        positions = np.array(stepping, np.int64)
         use_momentum = bool(hyper[4] > 0)
         if use_momentum:
             missing = positions[self._has_state[positions] & ~self._has_momentum[positions]]
@@ -466,7 +396,7 @@ class FunctionalRMSprop:
             states = {  # type: ignore[assignment]
                 u: self._used_buffers(u, uses) for u, _, _ in todo
             }
-        return _Plan(leaves, grads, hyper, use_momentum, stepping, todo, states, exact)
+        return Plan(leaves, grads, hyper, use_momentum, stepping, everyone, todo, states, exact)
 
     def _used_buffers(self, u: int, uses: tuple) -> tuple:
         """Unit ``u``'s state as this step uses it: zeros where a used buffer is new, else None."""
@@ -534,58 +464,15 @@ class FunctionalRMSprop:
             todo.append((u, tuple(members.index(i) for i in stepping), stepping))
         return todo
 
-    def _run(self, plan: _Plan, donate: bool) -> tuple[list, Exception | None]:
-        """The compiled work: what ran, as ``[(units, positions, params, states)]``, and any error.
-
-        ``foreach=False``: one call for every unit (a unit is a position); if
-        it fails, nothing ran. ``foreach=True``: one call per unit; a failure
-        stops the loop, and the units that ran so far come back with the
-        error: their inputs are consumed, so they must be committed.
-        """
-        static = {"maximize": self._maximize, "decay": bool(plan.hyper[3] != 0), "donate": donate}
-        leaves, grads, states = plan.leaves, plan.grads, plan.states
-        if not self._foreach:
-            stepping = plan.stepping
-            try:
-                new_params, new_states = step_units(
-                    tuple(leaves[i] for i in stepping),
-                    tuple(grads[i] for i in stepping),
-                    tuple(states[i] for i in stepping),
-                    plan.hyper,
-                    None,
-                    **static,
-                )
-            except Exception as err:  # noqa: BLE001 (re-raised, with what was lost if anything)
-                return [], err
-            return [(stepping, stepping, new_params, new_states, stepping)], None
-        ran: list = []
-        layout = self._layout
-        for u, members, positions in plan.todo:
-            everyone = layout.units[u]
-            if layout.is_flat(u):
-                # Every member goes in, a zero gradient where there is none; the
-                # mask (a runtime value) keeps the others bit for bit.
-                mask = np.zeros(len(everyone), bool)
-                mask[list(members)] = True
-                given = [grads[i] if grads[i] is not None else self._zero_grad(i) for i in everyone]
-                masks: tuple | None = (mask,)
-            else:
-                given, masks = [grads[i] for i in everyone], None
-            try:
-                new_params, new_states = step_units(
-                    (tuple(leaves[i] for i in everyone),) if masks else (leaves[everyone[0]],),
-                    (tuple(given),) if masks else (given[0],),
-                    (states[u],),
-                    plan.hyper,
-                    masks,
-                    **static,
-                )
-            except Exception as err:  # noqa: BLE001 (committed with what ran, then re-raised)
-                return ran, err
-            if masks:
-                (new_params,) = new_params
-            ran.append(((u,), tuple(everyone), new_params, new_states, positions))
-        return ran, None
+    def _run(self, plan: Plan, donate: bool) -> tuple[list, Exception | None]:
+        return transaction.run(
+            plan,
+            donate,
+            layout=self._layout,
+            foreach=self._foreach,
+            maximize=self._maximize,
+            zero_grad=self._zero_grad,
+        )
 
     def _zero_grad(self, i: int) -> jax.Array:
         """A zero gradient for position ``i`` (cached: gradients are never donated)."""
@@ -595,20 +482,26 @@ class FunctionalRMSprop:
             zero = self._zeros[i] = jnp.zeros(shape, dtype)
         return zero
 
-    def _commit(self, plan: _Plan, ran: list) -> None:
+    def _commit(self, plan: Plan, ran: list) -> None:
         """Stores what ran, in one place: plain assignments that cannot fail."""
         leaves, states = plan.leaves, self._states
         stepped: Any = []
-        for units, replaced, new_params, new_states, positions in ran:
-            for i, p in zip(replaced, new_params):
-                leaves[i] = p
-            for u, new in zip(units, new_states):
-                if plan.exact or states[u] is None:
-                    states[u] = new
-                else:  # a buffer this step did not use (None in new) stays as it was
-                    states[u] = tuple(o if n is None else n for o, n in zip(states[u], new))
-            stepped.extend(positions)
-        stepped = np.array(stepped, np.int64)
+        if ran and not self._foreach and plan.everyone and plan.exact:
+            # The usual step: one call over every position, every buffer used.
+            ((_, _, new_params, new_states, _),) = ran
+            leaves[:], states[:] = new_params, new_states
+            stepped = self._all_positions
+        else:
+            for units, replaced, new_params, new_states, positions in ran:
+                for i, p in zip(replaced, new_params):
+                    leaves[i] = p
+                for u, new in zip(units, new_states):
+                    if plan.exact or states[u] is None:
+                        states[u] = new
+                    else:  # a buffer this step did not use (None in new) stays as it was
+                        states[u] = tuple(o if n is None else n for o, n in zip(states[u], new))
+                stepped.extend(positions)
+            stepped = np.array(stepped, np.int64)
         self._steps[stepped] = np.minimum(self._steps[stepped] + 1, STEP_MAX)  # saturates
         self._has_state[stepped] = True
         if plan.use_momentum:
@@ -623,7 +516,7 @@ class FunctionalRMSprop:
             new_tree = jax.tree.unflatten(self._treedef, leaves)
             self.param_group["params"] = _write_back(params, new_tree)
 
-    def _raise_partial(self, plan: _Plan, ran: list, error: Exception) -> None:
+    def _raise_partial(self, plan: Plan, ran: list, error: Exception) -> None:
         """Raises the device error that stopped a step, after what ran was committed."""
         took = [i for *_, positions in ran for i in positions]
         done = {i for _, replaced, *_ in ran for i in replaced}
@@ -792,7 +685,7 @@ class FunctionalRMSprop:
             for i, parts in buffers.items():
                 has[i] = [part is not None for part in parts]
             # Everything is checked and built: commit, with no handler between the lines.
-            with _signals_deferred():
+            with transaction.signals_deferred():
                 self.defaults.update(defaults)
                 self._centered, self._maximize = centered, maximize
                 self._states = states

@@ -797,7 +797,7 @@ def test_bad_parameter_container_is_refused_before_anything_runs(foreach):
 
 
 class _FailingUnits:
-    """``adapter.step_units`` that fails on its ``fail_at``-th call, as a device out of memory."""
+    """``transaction.step_units`` that fails on its ``fail_at``-th call, as a device out of memory."""
 
     def __init__(self, real, fail_at):
         self.real, self.fail_at, self.calls = real, fail_at, 0
@@ -811,7 +811,7 @@ class _FailingUnits:
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
 def test_device_error_mid_step_deletes_nothing_and_commits_what_ran(foreach, monkeypatch):
-    from jrmsprop import adapter
+    from jrmsprop import transaction
 
     opt = FunctionalRMSprop(_many(), momentum=0.5, foreach=foreach)
     twin = FunctionalRMSprop(_many(), momentum=0.5, foreach=foreach)
@@ -820,8 +820,8 @@ def test_device_error_mid_step_deletes_nothing_and_commits_what_ran(foreach, mon
         o.step(grads)
     before = _snapshot(opt)
     twin.step(grads)
-    failing = _FailingUnits(adapter.step_units, fail_at=3 if foreach else 1)
-    monkeypatch.setattr(adapter, "step_units", failing)
+    failing = _FailingUnits(transaction.step_units, fail_at=3 if foreach else 1)
+    monkeypatch.setattr(transaction, "step_units", failing)
     if foreach:  # units 0 and 1 ran (positions 0..127) and are committed; 2 and 3 are not
         with pytest.raises(RuntimeError, match="after 2 of 4 units ran. Parameters") as raised:
             opt.step(grads)
@@ -846,7 +846,7 @@ def test_device_error_mid_step_deletes_nothing_and_commits_what_ran(foreach, mon
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
 def test_device_error_that_consumed_its_inputs_says_which_are_lost(foreach, monkeypatch):
-    from jrmsprop import adapter
+    from jrmsprop import transaction
 
     def consumed_then_failed(params, *args, **kwargs):
         for p in jax.tree.leaves(params)[:2]:
@@ -854,7 +854,7 @@ def test_device_error_that_consumed_its_inputs_says_which_are_lost(foreach, monk
         raise RuntimeError("INTERNAL: device fault (simulated)")
 
     opt = FunctionalRMSprop(_many(100), foreach=foreach)
-    monkeypatch.setattr(adapter, "step_units", consumed_then_failed)
+    monkeypatch.setattr(transaction, "step_units", consumed_then_failed)
     with pytest.raises(RuntimeError, match=r"except \['\[0\]', '\[1\]'\]: the device consumed"):
         opt.step([jnp.ones(4, jnp.float32)] * 100)
 
@@ -885,14 +885,14 @@ def _ctrl_c_outcome(opt, params, steps_before):
 
 def test_ctrl_c_at_each_unit_of_a_foreach_step_is_raised_after_the_commit(monkeypatch):
     # Deterministic: the SIGINT arrives while unit k runs, for every k.
-    from jrmsprop import adapter
+    from jrmsprop import transaction
 
     params = _many(2000)
     opt = FunctionalRMSprop(params, momentum=0.5, foreach=True)
     grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(2000)]
     opt.step(grads)
     units_per_step = len(opt._layout.units)
-    real = adapter.step_units
+    real = transaction.step_units
     for k in range(units_per_step):
         calls = []
 
@@ -902,7 +902,7 @@ def test_ctrl_c_at_each_unit_of_a_foreach_step_is_raised_after_the_commit(monkey
                 os.kill(os.getpid(), signal.SIGINT)
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(adapter, "step_units", interrupting)
+        monkeypatch.setattr(transaction, "step_units", interrupting)
         with pytest.raises(KeyboardInterrupt):
             opt.step(grads)
         monkeypatch.undo()

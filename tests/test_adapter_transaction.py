@@ -151,9 +151,9 @@ def test_held_back_signals_are_delivered_in_order_and_handlers_put_back():
     old1 = signal.signal(signal.SIGUSR1, usr1)
     old2 = signal.signal(signal.SIGUSR2, usr2)
     try:
-        from jrmsprop import adapter
+        from jrmsprop import transaction
 
-        with adapter._signals_deferred():
+        with transaction.signals_deferred():
             os.kill(os.getpid(), signal.SIGUSR2)
             os.kill(os.getpid(), signal.SIGUSR1)
             time.sleep(0.01)
