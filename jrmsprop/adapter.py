@@ -489,8 +489,8 @@ class FunctionalRMSprop:
         if ran and not self._foreach and plan.everyone and plan.exact:
             # The usual step: one call over every position, every buffer used.
             ((_, _, new_params, new_states, _),) = ran
-            leaves[:], states[:] = new_params, new_states
-            stepped = self._all_positions
+            leaves, states[:] = list(new_params), new_states  # plan.leaves is done with
+            stepped = slice(None)
         else:
             for units, replaced, new_params, new_states, positions in ran:
                 for i, p in zip(replaced, new_params):
