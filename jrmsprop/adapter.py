@@ -5,8 +5,8 @@ parameters in ``param_group["params"]`` and its state in ``state`` and updates
 them in place on ``step(gradients)``. :class:`FunctionalRMSprop` keeps the same
 attributes and the same calling convention, and replaces the arrays inside the
 caller's container, since JAX arrays cannot be changed in place. The compiled
-work is :mod:`jrmsprop.units`'; this module holds the API: a step is checked,
-run, and committed in one place.
+work is :mod:`jrmsprop.units`'; this module holds the API and the check of a
+step; :mod:`jrmsprop.transaction` runs and commits it, signals held back.
 """
 
 from __future__ import annotations
