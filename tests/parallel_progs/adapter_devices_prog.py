@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jrmsprop import FunctionalRMSprop
+from jrmsprop import FunctionalRMSprop, validation
 
 N = 130  # with foreach=True: units of 64, 64 and 2
 
@@ -45,6 +45,8 @@ def assert_same(a, b):
 
 def main() -> None:
     d0, d1 = jax.devices()
+    # Two devices: the bulk skip of one-device processes must not apply.
+    assert not validation._one_device_in_process()
     rng = np.random.default_rng(0)
     for foreach in (False, True):
         opt = FunctionalRMSprop(
