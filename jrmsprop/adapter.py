@@ -24,7 +24,7 @@ import numpy as np
 from jrmsprop import transaction
 from jrmsprop.interop import state_dict_tensors
 from jrmsprop.transaction import Plan
-from jrmsprop.units import BUFFERS, HYPER_ORDER, Layout, debugging
+from jrmsprop.units import BUFFERS, HYPER_ORDER, GradientMismatch, Layout, debugging
 from jrmsprop.validation import (
     STEP_MAX,
     ArraySpec,
@@ -119,8 +119,12 @@ class FunctionalRMSprop:
       or float16 for float32, is upcast losslessly), deleted arrays, a
       gradient that is a parameter or a state buffer, one array at two
       parameter positions, the values in ``defaults`` and a momentum buffer
-      for each parameter that needs one. A step that raises any of these
-      leaves parameters and state exactly as they were. Then the compiled
+      for each parameter that needs one (with ``foreach=False``, over the
+      arrays the last step wrote, shapes, dtypes and deleted arrays are the
+      compiled call's checks: its trace and JAX's dispatch refuse them, still
+      before anything is donated, and the step raises the same named error).
+      A step that raises any of these leaves parameters and state exactly as
+      they were. Then the compiled
       work runs and its result is committed in one place. Every signal with
       a Python handler (Ctrl-C, a SIGALRM time limit, a checkpointing
       SIGUSR1) on the main thread during that window is held back and
@@ -354,7 +358,7 @@ class FunctionalRMSprop:
         # 1 - alpha in double, rounded once to the math's dtype by the call, as
         # torch and rmsprop with Python floats compute it.
         hyper = np.array([*values, 1.0 - float(values[1])], np.float64)
-        leaves = self._checked_params(params)
+        leaves, ours = self._checked_params(params)
         grads = self._grad_list(gradients)
         everyone = not any(map(operator.is_, grads, repeat(None)))
         if everyone:
@@ -362,9 +366,23 @@ class FunctionalRMSprop:
         else:
             stepping = tuple(i for i, g in enumerate(grads) if g is not None)
             positions = np.array(stepping, np.int64)
+        # foreach=False, over the arrays the last step wrote: one compiled call
+        # follows, which checks shapes and dtypes and refuses deleted arrays
+        # before anything runs (then _diagnose names what was wrong).
+        dispatch = ours and not self._foreach
+        if not dispatch:
+            self._check_live(leaves)
         layout = self._layout
         if check_gradients(
-            grads, stepping, leaves, self._paths, self._states, _WHO, layout.shapes, layout.dtypes
+            grads,
+            stepping,
+            leaves,
+            self._paths,
+            self._states,
+            _WHO,
+            layout.shapes,
+            layout.dtypes,
+            dispatch=dispatch,
         ):
             # Narrower gradients (bfloat16 for float32 params, ...) upcast losslessly.
             grads = [upcast(g, p.dtype) for g, p in zip(grads, leaves)]
@@ -396,7 +414,9 @@ class FunctionalRMSprop:
             states = {  # type: ignore[assignment]
                 u: self._used_buffers(u, uses) for u, _, _ in todo
             }
-        return Plan(leaves, grads, hyper, use_momentum, stepping, everyone, todo, states, exact)
+        return Plan(
+            leaves, grads, hyper, use_momentum, stepping, everyone, todo, states, exact, dispatch
+        )
 
     def _used_buffers(self, u: int, uses: tuple) -> tuple:
         """Unit ``u``'s state as this step uses it: zeros where a used buffer is new, else None."""
@@ -406,8 +426,12 @@ class FunctionalRMSprop:
             for b, use in zip(state or (None, None, None), uses)
         )
 
-    def _checked_params(self, params: Any) -> list:
-        """The parameter leaves, checked unless they are the arrays the last step wrote."""
+    def _checked_params(self, params: Any) -> tuple[list, bool]:
+        """The parameter leaves, checked unless they are the arrays the last step wrote.
+
+        Returns the leaves and whether they are those arrays (then only
+        deletion can have happened to them: see :meth:`_check_live`).
+        """
         if self._flat_list and type(params) is list and len(params) == self._n:
             leaves = list(params)
         else:
@@ -417,7 +441,8 @@ class FunctionalRMSprop:
                     "FunctionalRMSprop: param_group['params'] changed structure since the "
                     f"optimizer was built: it is {treedef}, it was {self._treedef}"
                 )
-        if not all(map(operator.is_, leaves, self._written)):
+        ours = all(map(operator.is_, leaves, self._written))
+        if not ours:
             check_distinct(leaves, self._paths, _WHO)
             check_eager(leaves, self._paths, "parameter", _WHO)
             for i, p in enumerate(leaves):
@@ -430,13 +455,16 @@ class FunctionalRMSprop:
                 check_pair(self._paths[i], p, spec, "params", "the optimizer state", _WHO)
                 if not isinstance(p, jax.Array):
                     leaves[i] = jnp.asarray(p)
+        return leaves, ours
+
+    def _check_live(self, leaves: list) -> None:
+        """``ValueError`` naming the first deleted parameter, if any."""
         if any(map(_is_deleted, leaves)):
             i = next(i for i, p in enumerate(leaves) if p.is_deleted())
             raise ValueError(
                 f"FunctionalRMSprop: parameter {path_str(self._paths[i])} is a deleted "
                 "array (donated to or deleted by other code); put a live array there"
             )
-        return leaves
 
     def _grad_list(self, gradients: Any) -> list:
         """Per position, the gradient (``None`` allowed), structure checked against the params."""
@@ -508,7 +536,7 @@ class FunctionalRMSprop:
             self._has_momentum[stepped] = True
         if self._centered:
             self._has_grad_avg[stepped] = True
-        self._written = list(leaves)
+        self._written = leaves  # a list of the optimizer's own, which nothing else holds
         params = self.param_group["params"]
         if self._flat_list and type(params) is list and len(params) == self._n:
             params[:] = leaves
@@ -523,6 +551,8 @@ class FunctionalRMSprop:
         given = sorted(
             {i for u, _, _ in plan.todo for i in self._layout.units[u]} | set(plan.stepping)
         )
+        if not ran and plan.dispatch:
+            self._diagnose(plan, error)
         lost = [
             path_str(self._paths[i]) for i in given if i not in done and plan.leaves[i].is_deleted()
         ]
@@ -538,6 +568,30 @@ class FunctionalRMSprop:
                 f", except {lost}: the device consumed their arrays before it failed, they are lost"
             )
         raise RuntimeError(message) from error
+
+    def _diagnose(self, plan: Plan, error: Exception) -> None:
+        """After a refused call of a step checked with ``dispatch``: the checks left to it, named.
+
+        A call JAX refused (a shape or dtype its trace rejects, a deleted
+        array at dispatch) ran nothing and consumed nothing; the full checks
+        then raise the error that names what was wrong. Any other error is
+        the device's, after the call started: ``_raise_partial`` reports it.
+        """
+        deleted = type(error) is RuntimeError and "has been deleted" in str(error)
+        if not (deleted or isinstance(error, GradientMismatch)):
+            return
+        self._check_live(plan.leaves)
+        layout = self._layout
+        check_gradients(
+            plan.grads,
+            plan.stepping,
+            plan.leaves,
+            self._paths,
+            self._states,
+            _WHO,
+            layout.shapes,
+            layout.dtypes,
+        )
 
     # ----------------------------------------------------------------- state
 

@@ -47,6 +47,7 @@ class Plan(NamedTuple):
     todo: list  # per unit to run: (unit, indices of its stepping members, their positions)
     states: Any  # per unit (a list) or per unit to run (a dict): its state with the used buffers
     exact: bool  # whether those are all the buffers each unit has
+    dispatch: bool  # whether shapes, dtypes and deleted arrays are left to the compiled call
 
 
 def apply(
@@ -145,11 +146,11 @@ def run(
     if not foreach:
         stepping = plan.stepping
         if plan.everyone and plan.exact:  # states is the optimizer's list, per position
-            p, g, s = tuple(leaves), tuple(grads), tuple(states)
+            p, g, s = leaves, grads, states  # lists: JAX reads them in the call, nothing keeps them
         else:
-            p = tuple(leaves[i] for i in stepping)
-            g = tuple(grads[i] for i in stepping)
-            s = tuple(states[i] for i in stepping)
+            p = [leaves[i] for i in stepping]  # lists, as above: one executable for both
+            g = [grads[i] for i in stepping]
+            s = [states[i] for i in stepping]
         try:
             new_params, new_states = step_units(p, g, s, plan.hyper, None, **static)
         except Exception as err:  # noqa: BLE001 (re-raised, with what was lost if anything)

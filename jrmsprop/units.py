@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jrmsprop.transform import step_leaf
+from jrmsprop.validation import UPCASTS
 
 # foreach=True: a leaf this large is a unit of its own (concatenating it would
 # only add a copy), and at most this many small leaves share one unit. XLA's
@@ -207,6 +208,27 @@ def _step_unit(params, grads, state, hyper, mask, maximize):
     return new_params, new_state
 
 
+class GradientMismatch(TypeError):
+    """A gradient of another shape or dtype than its parameter, found while tracing a step."""
+
+
+def _as_param(g: Any, p: Any) -> Any:
+    """Gradient ``g`` in parameter ``p``'s dtype, checked when the call is traced.
+
+    The adapter's usual step leaves the gradients' shapes and dtypes to this
+    call (JAX computes them for its cache anyway): a gradient of ``p``'s
+    shape and dtype, or of a narrower dtype in ``UPCASTS`` (upcast here,
+    losslessly), passes; anything else raises while tracing, before anything
+    runs, and the adapter then names it (see ``FunctionalRMSprop._diagnose``).
+    """
+    if g.shape != p.shape or (g.dtype != p.dtype and g.dtype not in UPCASTS.get(p.dtype, ())):
+        raise GradientMismatch(
+            f"step_units: a gradient is {g.dtype.name}{list(g.shape)}, its parameter "
+            f"{p.dtype.name}{list(p.shape)}"
+        )
+    return g.astype(p.dtype)
+
+
 def _step_units_impl(params, grads, states, hyper, masks, *, maximize, decay):
     # All hyperparameters stay traced (changing them never recompiles), except
     # a zero weight decay: torch's `weight_decay != 0` branch. A traced zero
@@ -219,11 +241,13 @@ def _step_units_impl(params, grads, states, hyper, masks, *, maximize, decay):
     if not decay:
         values["weight_decay"] = 0.0
     if masks is None:  # units of one parameter each, given flat
+        grads = tuple(map(_as_param, grads, params))
         stepped = [
             _step_unit((p,), (g,), s, values, None, maximize)
             for p, g, s in zip(params, grads, states)
         ]
         return tuple(p for (p,), _ in stepped), tuple(s for _, s in stepped)
+    grads = tuple(tuple(map(_as_param, g, p)) for g, p in zip(grads, params))
     stepped = [
         _step_unit(p, g, s, values, m, maximize) for p, g, s, m in zip(params, grads, states, masks)
     ]
@@ -251,9 +275,9 @@ def debugging() -> bool:
 
 
 def step_units(
-    params: tuple,
-    grads: tuple,
-    states: tuple,
+    params: Sequence,
+    grads: Sequence,
+    states: Sequence,
     hyper: np.ndarray,
     masks: tuple | None,
     *,
@@ -269,7 +293,9 @@ def step_units(
     Args:
       params: per unit, a tuple of all its members' parameters; with
         ``masks=None`` (every unit one parameter), the parameters themselves.
-      grads: their gradients, in the same layout (same shapes and dtypes).
+      grads: their gradients, in the same layout: the same shapes, the same
+        dtypes or narrower ones in ``UPCASTS`` (upcast in the call); anything
+        else raises ``GradientMismatch`` while tracing, before anything runs.
       states: per unit, ``(square_avg, grad_avg, momentum_buffer)`` with
         ``None`` for each buffer this step does not use: ``grad_avg`` unless
         centered, ``momentum_buffer`` unless ``momentum > 0`` (which buffers

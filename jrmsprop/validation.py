@@ -476,7 +476,7 @@ def _one_device_in_process() -> bool:
         return False
 
 
-def _all_on_their_devices(given: list, wanted: list) -> bool:
+def _all_on_their_devices(given: Sequence, wanted: Sequence) -> bool:
     """:func:`_on_its_devices` for each pair, in bulk when everything is on one device."""
     if _one_device_in_process():
         return True
@@ -488,26 +488,42 @@ def _all_on_their_devices(given: list, wanted: list) -> bool:
 
 
 def _all_fine(
-    given: list, wanted: list, shapes: list, dtypes: list, params: Sequence, states: Sequence
+    given: Sequence,
+    wanted: Sequence,
+    params: Sequence,
+    states: Sequence,
+    expected: tuple[list, list] | None,
 ) -> bool:
     """Whether ``given`` are JAX arrays that pass every check of :func:`check_gradients`.
 
     C-level loops only (``map`` over attribute getters), the common case of a
     step; ``False`` sends the caller to the per-leaf checks, which name what
-    is wrong.
+    is wrong. ``expected`` is the shapes and dtypes wanted, or ``None`` when
+    they and deleted arrays are left to the compiled call (``dispatch``).
     """
-    if not all(issubclass(t, jax.Array) for t in set(map(type, given))):
+    types = set(map(type, given))
+    if not all(issubclass(t, jax.Array) and not issubclass(t, jax.core.Tracer) for t in types):
         return False
+    if expected is None:
+        return _not_aliased(given, params, states) and _all_on_their_devices(given, wanted)
+    shapes, dtypes = expected
     if list(map(_aval_shape, given)) != shapes or list(map(_aval_dtype, given)) != dtypes:
-        return False
-    ids = set(map(id, given))  # looked up, not inserted, for params and state (faster)
-    if not ids.isdisjoint(map(id, params)):
-        return False
-    if not ids.isdisjoint(map(id, chain.from_iterable(filter(None, states)))):
         return False
     # A traced gradient fails is_deleted() (ConcretizationTypeError, caught
     # by the caller): the per-leaf checks say what it is.
-    return not any(map(_is_deleted, given)) and _all_on_their_devices(given, wanted)
+    return (
+        _not_aliased(given, params, states)
+        and not any(map(_is_deleted, given))
+        and _all_on_their_devices(given, wanted)
+    )
+
+
+def _not_aliased(given: Sequence, params: Sequence, states: Sequence) -> bool:
+    """Whether no array of ``given`` is one of ``params`` or a buffer of ``states``."""
+    ids = set(map(id, given))  # looked up, not inserted, for params and state (faster)
+    if not ids.isdisjoint(map(id, params)):
+        return False
+    return ids.isdisjoint(map(id, chain.from_iterable(filter(None, states))))
 
 
 def _devices(array: Any) -> str:
@@ -524,6 +540,8 @@ def check_gradients(
     who: str,
     shapes: Sequence[tuple],
     dtypes: Sequence[Any],
+    *,
+    dispatch: bool = False,
 ) -> bool:
     """Checks the gradients of a step that donates ``params`` and the ``states`` buffers.
 
@@ -544,6 +562,11 @@ def check_gradients(
       shapes: per position, ``params[i].shape`` (as tuples; the caller has
         them, which saves reading them on every step).
       dtypes: per position, ``params[i].dtype``.
+      dispatch: whether one compiled call (``units.step_units``) follows,
+        which checks shapes and dtypes itself (and upcasts) and whose
+        dispatch refuses deleted arrays, before anything runs. JAX arrays are
+        then checked only for what the call would not refuse (tracers,
+        aliasing, devices); anything else takes the per-leaf checks.
 
     Returns:
       Whether some gradient's dtype differs from its parameter's (narrower,
@@ -551,9 +574,10 @@ def check_gradients(
     """
     everyone = len(stepping) == len(grads)
     pick = (lambda xs: list(xs)) if everyone else (lambda xs: [xs[i] for i in stepping])
-    given, wanted = pick(grads), pick(params)
+    given, wanted = (grads, params) if everyone else (pick(grads), pick(params))
     with contextlib.suppress(jax.errors.ConcretizationTypeError, AttributeError):
-        if _all_fine(given, wanted, pick(shapes), pick(dtypes), params, states):
+        expected = None if dispatch else (pick(shapes), pick(dtypes))
+        if _all_fine(given, wanted, params, states, expected):
             return False
     param_ids = dict(zip(map(id, params), range(len(params))))
     state_ids = set(map(id, chain.from_iterable(filter(None, states))))

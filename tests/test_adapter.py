@@ -738,6 +738,17 @@ BAD_LAST_GRADIENT = {
         r"shape mismatch at \[199\]",
     ),
     "a list": (lambda opt, g: g[:-1] + [[1.0] * 4], TypeError, "is a list, not an array"),
+    # A shape that broadcasts against the parameter's: the step's own trace must refuse it.
+    "broadcastable shape": (
+        lambda opt, g: g[:-1] + [jnp.ones(1, jnp.float32)],
+        ValueError,
+        r"shape mismatch at \[199\]",
+    ),
+    "wider JAX dtype": (
+        lambda opt, g: g[:-1] + [jnp.ones(4, jnp.complex64)],
+        TypeError,
+        r"dtype mismatch at \[199\]: gradients is complex64, params is float32",
+    ),
 }
 
 
@@ -768,6 +779,47 @@ def test_bad_gradient_in_the_last_unit_changes_nothing(case, foreach):
     _assert_unchanged(opt, before)
     opt.step(grads)
     assert {int(e["step"]) for e in opt.state.values()} == {2}
+
+
+def test_the_usual_step_leaves_shapes_dtypes_and_deletion_to_the_compiled_call():
+    """foreach=False over the arrays the last step wrote: the fast path (see _diagnose)."""
+    opt = FunctionalRMSprop(_many())
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(200)]
+    assert opt._check(grads).dispatch
+    opt.step(grads)
+    assert opt._check(grads).dispatch
+    assert not FunctionalRMSprop(_many(), foreach=True)._check(grads).dispatch
+    opt.param_group["params"][7] = jnp.ones(4, jnp.float32)  # not written by the step
+    assert not opt._check(grads).dispatch
+
+
+@pytest.mark.parametrize("position", [0, 150, 199])
+def test_a_parameter_deleted_after_the_step_wrote_it_is_named_and_nothing_changes(position):
+    opt = FunctionalRMSprop(_many(), momentum=0.5)
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(200)]
+    opt.step(grads)
+    before = _snapshot(opt)
+    params = opt.param_group["params"]
+    params[position].delete()  # the very array the step wrote: JAX's dispatch refuses it
+    with pytest.raises(ValueError, match=rf"parameter \[{position}\] is a deleted array"):
+        opt.step(grads)
+    assert [i for i, p in enumerate(params) if p.is_deleted()] == [position]
+    params[position] = jnp.asarray(before[0][position])
+    _assert_unchanged(opt, before)
+    opt.step(grads)
+    assert {int(e["step"]) for e in opt.state.values()} == {2}
+
+
+def test_a_deleted_gradient_after_a_refused_step_is_named_even_with_none_gradients():
+    opt = FunctionalRMSprop(_many())
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(200)]
+    opt.step(grads)
+    before = _snapshot(opt)
+    some = [None if i % 3 else g for i, g in enumerate(grads)]
+    some[198] = _deleted()
+    with pytest.raises(ValueError, match=r"gradient at \[198\] is a deleted array"):
+        opt.step(some)
+    _assert_unchanged(opt, before)
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
