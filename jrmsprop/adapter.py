@@ -24,7 +24,15 @@ import numpy as np
 from jrmsprop import transaction
 from jrmsprop.interop import state_dict_tensors
 from jrmsprop.transaction import Plan
-from jrmsprop.units import BUFFERS, HYPER_ORDER, GradientMismatch, Layout, debugging
+from jrmsprop.units import (
+    BUFFERS,
+    HYPER_ORDER,
+    GradientMismatch,
+    Layout,
+    debugging,
+    pack,
+    unpack,
+)
 from jrmsprop.validation import (
     STEP_MAX,
     ArraySpec,
@@ -249,7 +257,7 @@ class FunctionalRMSprop:
         self._written = list(leaves)
         # Per unit: None until a member first gets a gradient, then
         # (square_avg, grad_avg | None, momentum_buffer | None).
-        self._states: list[tuple | None] = [None] * len(self._layout.units)
+        self._states: list[Any] = [None] * len(self._layout.units)  # per unit, units.pack form
         # Per position, on the host: RMSprop's math never reads ``step``, so
         # counting here costs the device nothing; which buffers it has.
         # Invariants: a unit has a buffer iff a member has it; when centered,
@@ -420,10 +428,12 @@ class FunctionalRMSprop:
 
     def _used_buffers(self, u: int, uses: tuple) -> tuple:
         """Unit ``u``'s state as this step uses it: zeros where a used buffer is new, else None."""
-        state = self._states[u]
-        return tuple(
-            None if not use else self._layout.zeros(u) if b is None else b
-            for b, use in zip(state or (None, None, None), uses)
+        state = unpack(self._states[u]) or (None, None, None)
+        return pack(
+            tuple(
+                None if not use else self._layout.zeros(u) if b is None else b
+                for b, use in zip(state, uses)
+            )
         )
 
     def _checked_params(self, params: Any) -> tuple[list, bool]:
@@ -527,7 +537,8 @@ class FunctionalRMSprop:
                     if plan.exact or states[u] is None:
                         states[u] = new
                     else:  # a buffer this step did not use (None in new) stays as it was
-                        states[u] = tuple(o if n is None else n for o, n in zip(states[u], new))
+                        old = unpack(states[u])
+                        states[u] = pack(tuple(o if n is None else n for o, n in zip(old, unpack(new))))
                 stepped.extend(positions)
             stepped = np.array(stepped, np.int64)
         self._steps[stepped] = np.minimum(self._steps[stepped] + 1, STEP_MAX)  # saturates
@@ -601,7 +612,7 @@ class FunctionalRMSprop:
         for u, state in enumerate(self._states):
             if state is None:
                 continue
-            parts = [split(u, buf) for buf in state]
+            parts = [split(u, buf) for buf in unpack(state)]
             for k, i in enumerate(self._layout.units[u]):
                 if self._has_state[i]:
                     has = (True, self._has_grad_avg[i], self._has_momentum[i])
@@ -610,16 +621,18 @@ class FunctionalRMSprop:
 
     def _packed(self, layout: Layout, buffers: dict[int, list]) -> list:
         """Unit states of ``layout`` holding per-position ``buffers``."""
-        states: list[tuple | None] = []
+        states: list[Any] = []
         for members in layout.units:
             u = len(states)
             if not any(i in buffers for i in members):
                 states.append(None)
                 continue
             states.append(
-                tuple(
-                    layout.pack(u, [buffers[i][b] if i in buffers else None for i in members])
-                    for b in range(3)
+                pack(
+                    tuple(
+                        layout.pack(u, [buffers[i][b] if i in buffers else None for i in members])
+                        for b in range(3)
+                    )
                 )
             )
         return states
@@ -785,7 +798,7 @@ class FunctionalRMSprop:
     def __repr__(self) -> str:
         with self._lock:
             hyper = ", ".join(f"{name}={self.defaults.get(name)!r}" for name in HYPER_ORDER)
-            buffers = [b for s in self._states if s is not None for b in s if b is not None]
+            buffers = [b for s in self._states if s is not None for b in unpack(s) if b is not None]
             state_bytes = sum(b.size * b.dtype.itemsize for b in buffers)
             elements = sum(self._layout.sizes)
             return (

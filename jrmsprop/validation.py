@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from itertools import chain, compress, repeat
 from typing import Any, NamedTuple
 
@@ -518,12 +518,19 @@ def _all_fine(
     )
 
 
+def _state_buffers(states: Sequence) -> Iterator:
+    """Every buffer of units' stored states (an array alone, a triple, or ``None``; see
+    ``units.pack``), and the triples and ``None`` themselves: no gradient is either."""
+    triples = compress(states, map(operator.is_, map(type, states), repeat(tuple)))
+    return chain(states, chain.from_iterable(triples))
+
+
 def _not_aliased(given: Sequence, params: Sequence, states: Sequence) -> bool:
     """Whether no array of ``given`` is one of ``params`` or a buffer of ``states``."""
     ids = set(map(id, given))  # looked up, not inserted, for params and state (faster)
     if not ids.isdisjoint(map(id, params)):
         return False
-    return ids.isdisjoint(map(id, chain.from_iterable(filter(None, states))))
+    return ids.isdisjoint(map(id, _state_buffers(states)))
 
 
 def _devices(array: Any) -> str:
@@ -557,7 +564,8 @@ def check_gradients(
       stepping: the positions whose gradient is not ``None``.
       params: per position, the parameter array (a JAX array).
       paths: per position, its key path (for the messages).
-      states: buffers the step donates, in tuples (``None`` entries allowed).
+      states: per unit, the state the step donates, as ``units.pack`` stores
+        it: an array, a tuple of buffers (``None`` entries allowed), or ``None``.
       who: the caller's name, first in every message.
       shapes: per position, ``params[i].shape`` (as tuples; the caller has
         them, which saves reading them on every step).
@@ -580,7 +588,7 @@ def check_gradients(
         if _all_fine(given, wanted, params, states, expected):
             return False
     param_ids = dict(zip(map(id, params), range(len(params))))
-    state_ids = set(map(id, chain.from_iterable(filter(None, states))))
+    state_ids = set(map(id, _state_buffers(states)))
     check_eager(grads, paths, "gradient", who)
     for i in stepping:  # one by one, for the message
         g, p, where = grads[i], params[i], path_str(paths[i])

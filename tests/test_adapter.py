@@ -754,7 +754,9 @@ BAD_LAST_GRADIENT = {
 
 def _a_state_buffer(opt):
     """A live state buffer of parameter 199 (reachable only through private names)."""
-    return opt._states[199][0]
+    from jrmsprop.units import unpack
+
+    return unpack(opt._states[199])[0]
 
 
 @pytest.mark.parametrize(
