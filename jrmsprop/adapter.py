@@ -428,7 +428,7 @@ class FunctionalRMSprop:
 
     def _used_buffers(self, u: int, uses: tuple) -> tuple:
         """Unit ``u``'s state as this step uses it: zeros where a used buffer is new, else None."""
-        state = unpack(self._states[u]) or (None, None, None)
+        state = unpack(self._states[u])
         return pack(
             tuple(
                 None if not use else self._layout.zeros(u) if b is None else b
@@ -503,7 +503,7 @@ class FunctionalRMSprop:
         return todo
 
     def _run(self, plan: Plan, donate: bool) -> tuple[list, Exception | None]:
-        return transaction.run(
+        ran, error = transaction.run(
             plan,
             donate,
             layout=self._layout,
@@ -511,6 +511,9 @@ class FunctionalRMSprop:
             maximize=self._maximize,
             zero_grad=self._zero_grad,
         )
+        if error is not None and not ran and plan.dispatch:
+            self._diagnose(plan, error)  # raises the named error of a refused call
+        return ran, error
 
     def _zero_grad(self, i: int) -> jax.Array:
         """A zero gradient for position ``i`` (cached: gradients are never donated)."""
@@ -538,7 +541,9 @@ class FunctionalRMSprop:
                         states[u] = new
                     else:  # a buffer this step did not use (None in new) stays as it was
                         old = unpack(states[u])
-                        states[u] = pack(tuple(o if n is None else n for o, n in zip(old, unpack(new))))
+                        states[u] = pack(
+                            tuple(o if n is None else n for o, n in zip(old, unpack(new)))
+                        )
                 stepped.extend(positions)
             stepped = np.array(stepped, np.int64)
         self._steps[stepped] = np.minimum(self._steps[stepped] + 1, STEP_MAX)  # saturates
@@ -562,8 +567,6 @@ class FunctionalRMSprop:
         given = sorted(
             {i for u, _, _ in plan.todo for i in self._layout.units[u]} | set(plan.stepping)
         )
-        if not ran and plan.dispatch:
-            self._diagnose(plan, error)
         lost = [
             path_str(self._paths[i]) for i in given if i not in done and plan.leaves[i].is_deleted()
         ]
@@ -587,6 +590,8 @@ class FunctionalRMSprop:
         array at dispatch) ran nothing and consumed nothing; the full checks
         then raise the error that names what was wrong. Any other error is
         the device's, after the call started: ``_raise_partial`` reports it.
+        Raised from within the held-back window (``transaction.apply``):
+        nothing ran, so there is nothing to commit.
         """
         deleted = type(error) is RuntimeError and "has been deleted" in str(error)
         if not (deleted or isinstance(error, GradientMismatch)):

@@ -812,6 +812,52 @@ def test_a_parameter_deleted_after_the_step_wrote_it_is_named_and_nothing_change
     assert {int(e["step"]) for e in opt.state.values()} == {2}
 
 
+@pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
+def test_plain_state_is_stored_as_one_array_per_unit_and_every_writer_agrees(foreach):
+    from jrmsprop.units import pack, unpack
+
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(200)]
+    opt = FunctionalRMSprop(_many(), foreach=foreach)
+    opt.step(grads)
+    assert all(isinstance(s, jax.Array) for s in opt._states)  # units.pack's form
+    assert unpack(opt._states[0])[1:] == (None, None)
+    with_momentum = FunctionalRMSprop(_many(), momentum=0.5, foreach=foreach)
+    with_momentum.step(grads)
+    assert all(type(s) is tuple for s in with_momentum._states)
+    assert pack(unpack(with_momentum._states[0])) is with_momentum._states[0]
+    # load_state_dict and the layout switch store the same form: no new executable after them.
+    twin = FunctionalRMSprop([jnp.asarray(p) for p in _param_leaves(opt)], foreach=foreach)
+    twin.load_state_dict(opt.state_dict())
+    twin.foreach = not foreach
+    twin.foreach = foreach
+    with CompileCounter() as counter:
+        twin.step(grads)
+        opt.step(grads)
+    assert counter.count == 0
+    np.testing.assert_array_equal(_param_leaves(twin), _param_leaves(opt))
+
+
+@pytest.mark.parametrize("flag", ["jax_debug_nans", "jax_debug_infs"])
+def test_refused_calls_are_named_with_a_debug_flag_on(flag):
+    """With the flag on nothing is donated (another path out of the run): still named."""
+    opt = FunctionalRMSprop(_many())
+    grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(200)]
+    opt.step(grads)
+    before = _snapshot(opt)
+    params = opt.param_group["params"]
+    jax.config.update(flag, True)
+    try:
+        with pytest.raises(ValueError, match=r"shape mismatch at \[5\]"):
+            opt.step(grads[:5] + [jnp.ones(1, jnp.float32)] + grads[6:])
+        params[9].delete()
+        with pytest.raises(ValueError, match=r"parameter \[9\] is a deleted array"):
+            opt.step(grads)
+    finally:
+        jax.config.update(flag, False)
+    params[9] = jnp.asarray(before[0][9])
+    _assert_unchanged(opt, before)
+
+
 def test_a_deleted_gradient_after_a_refused_step_is_named_even_with_none_gradients():
     opt = FunctionalRMSprop(_many())
     grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(200)]
