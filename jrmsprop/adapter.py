@@ -132,13 +132,12 @@ class FunctionalRMSprop:
       compiled call's checks: its trace and JAX's dispatch refuse them, still
       before anything is donated, and the step raises the same named error).
       A step that raises any of these leaves parameters and state exactly as
-      they were. Then the compiled
-      work runs and its result is committed in one place. Every signal with
-      a Python handler (Ctrl-C, a SIGALRM time limit, a checkpointing
-      SIGUSR1) on the main thread during that window is held back and
-      delivered once the step is committed: an interrupted step is either
-      fully applied or not applied at all, and a handler sees a whole
-      optimizer. With ``jax_debug_nans`` or ``jax_debug_infs`` on nothing is
+      they were. Then the compiled work runs and its result is committed in
+      one place. Every signal with a Python handler (Ctrl-C, a SIGALRM time
+      limit, a checkpointing SIGUSR1) on the main thread during that window
+      is held back and delivered once the step is committed: an interrupted
+      step is either fully applied or not applied at all, and a handler sees
+      a whole optimizer. With ``jax_debug_nans`` or ``jax_debug_infs`` on nothing is
       donated, and a step that raises JAX's ``FloatingPointError`` commits
       nothing.
     * **Copies.** ``copy.deepcopy`` and ``pickle`` give an independent
@@ -256,8 +255,9 @@ class FunctionalRMSprop:
         # them, the parameters need no re-check.
         self._written = list(leaves)
         # Per unit: None until a member first gets a gradient, then
-        # (square_avg, grad_avg | None, momentum_buffer | None).
-        self._states: list[Any] = [None] * len(self._layout.units)  # per unit, units.pack form
+        # (square_avg, grad_avg | None, momentum_buffer | None), stored as
+        # units.pack does (square_avg alone when the other two are None).
+        self._states: list[Any] = [None] * len(self._layout.units)
         # Per position, on the host: RMSprop's math never reads ``step``, so
         # counting here costs the device nothing; which buffers it has.
         # Invariants: a unit has a buffer iff a member has it; when centered,
