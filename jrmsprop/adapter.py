@@ -380,18 +380,7 @@ class FunctionalRMSprop:
         dispatch = ours and not self._foreach
         if not dispatch:
             self._check_live(leaves)
-        layout = self._layout
-        if check_gradients(
-            grads,
-            stepping,
-            leaves,
-            self._paths,
-            self._states,
-            _WHO,
-            layout.shapes,
-            layout.dtypes,
-            dispatch=dispatch,
-        ):
+        if self._check_gradients(grads, stepping, leaves, dispatch):
             # Narrower gradients (bfloat16 for float32 params, ...) upcast losslessly.
             grads = [upcast(g, p.dtype) for g, p in zip(grads, leaves)]
         use_momentum = bool(hyper[4] > 0)
@@ -422,9 +411,7 @@ class FunctionalRMSprop:
             states = {  # type: ignore[assignment]
                 u: self._used_buffers(u, uses) for u, _, _ in todo
             }
-        return Plan(
-            leaves, grads, hyper, use_momentum, stepping, everyone, todo, states, exact, dispatch
-        )
+        return Plan(leaves, grads, hyper, use_momentum, stepping, todo, states, exact, dispatch)
 
     def _used_buffers(self, u: int, uses: tuple) -> tuple:
         """Unit ``u``'s state as this step uses it: zeros where a used buffer is new, else None."""
@@ -466,6 +453,21 @@ class FunctionalRMSprop:
                 if not isinstance(p, jax.Array):
                     leaves[i] = jnp.asarray(p)
         return leaves, ours
+
+    def _check_gradients(self, grads: list, stepping: tuple, leaves: list, dispatch: bool) -> bool:
+        """:func:`check_gradients` against this optimizer's params, state and layout."""
+        layout = self._layout
+        return check_gradients(
+            grads,
+            stepping,
+            leaves,
+            self._paths,
+            self._states,
+            _WHO,
+            layout.shapes,
+            layout.dtypes,
+            dispatch=dispatch,
+        )
 
     def _check_live(self, leaves: list) -> None:
         """``ValueError`` naming the first deleted parameter, if any."""
@@ -597,17 +599,7 @@ class FunctionalRMSprop:
         if not (deleted or isinstance(error, GradientMismatch)):
             return
         self._check_live(plan.leaves)
-        layout = self._layout
-        check_gradients(
-            plan.grads,
-            plan.stepping,
-            plan.leaves,
-            self._paths,
-            self._states,
-            _WHO,
-            layout.shapes,
-            layout.dtypes,
-        )
+        self._check_gradients(plan.grads, plan.stepping, plan.leaves, dispatch=False)
 
     # ----------------------------------------------------------------- state
 

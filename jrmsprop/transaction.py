@@ -43,11 +43,15 @@ class Plan(NamedTuple):
     hyper: np.ndarray  # HYPER_ORDER's values, then 1 - alpha
     use_momentum: bool
     stepping: tuple  # positions with a gradient
-    everyone: bool  # whether that is every position
     todo: list  # per unit to run: (unit, indices of its stepping members, their positions)
     states: Any  # per unit (a list) or per unit to run (a dict): its state with the used buffers
     exact: bool  # whether those are all the buffers each unit has
     dispatch: bool  # whether shapes, dtypes and deleted arrays are left to the compiled call
+
+    @property
+    def everyone(self) -> bool:
+        """Whether every position steps."""
+        return len(self.stepping) == len(self.leaves)
 
 
 def apply(
