@@ -29,3 +29,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def x64():
+    """64-bit JAX (float64, complex128) for the duration of one test."""
+    with jax.enable_x64(True):
+        yield

@@ -15,15 +15,17 @@ import pytest
 
 import jrmsprop
 
-MODULES = sorted(name for _, name, _ in pkgutil.iter_modules(jrmsprop.__path__, prefix="jrmsprop."))
+MODULES = sorted(
+    name for _, name, _ in pkgutil.walk_packages(jrmsprop.__path__, prefix="jrmsprop.")
+)
 # The public entry points a reader meets first: each shows a runnable example.
 MUST_HAVE_EXAMPLES = {
     "jrmsprop.transform.rmsprop",
     "jrmsprop.adapter.FunctionalRMSprop",
-    "jrmsprop.interop.from_torch_state_dict",
-    "jrmsprop.interop.to_torch_state_dict",
-    "jrmsprop.interop.from_torch",
-    "jrmsprop.schedules.from_torch_scheduler",
+    "jrmsprop.interop.state_dict.from_torch_state_dict",
+    "jrmsprop.interop.state_dict.to_torch_state_dict",
+    "jrmsprop.interop.run.from_torch",
+    "jrmsprop.interop.schedules.from_torch_scheduler",
     "jrmsprop.parallel.shard_state",
 }
 
