@@ -100,7 +100,9 @@ html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,
 }
-html_static_path: list[str] = []
+# custom.css: code wraps on narrow screens instead of hiding the end of its lines.
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]
 
 # A public name without a docstring is a warning, so -W fails the build.
 _logger = logging.getLogger("jrmsprop.docs")

@@ -18,7 +18,7 @@ CONTINUES = "# continues the block above"
 
 # The widest code line a page or the README may show: about what the site's text column holds
 # at 1280 px before a block scrolls sideways.
-CODE_COLUMNS = 80
+CODE_COLUMNS = 79
 
 
 def page(name: str) -> str:

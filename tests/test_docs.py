@@ -107,6 +107,14 @@ def test_code_lines_fit_the_text_column():
     assert not wide, "\n".join(wide)
 
 
+def test_no_prose_line_starts_a_blockquote_by_accident():
+    """A wrapped line starting with ``>`` (``>= 0.7.1``) turns the rest into a blockquote."""
+    for name in PAGES:
+        prose = re.sub(r"^( *)```.*?^\1```", "", page(name), flags=re.DOTALL | re.MULTILINE)
+        starts = re.findall(r"^ *>.*$", prose, flags=re.MULTILINE)
+        assert not starts, f"docs/{name}.md: {starts}"
+
+
 # How the library was made is not the reader's business: no tracker numbers, no talk of who or
 # what built it, or on which machine of the project.
 _PROCESS_WORDS = re.compile(
@@ -175,6 +183,7 @@ def test_a_public_name_without_a_docstring_fails_the_docs_build(tmp_path):
 @pytest.mark.filterwarnings("ignore::sphinx.deprecation.RemovedInSphinx11Warning")
 def test_math_is_rendered_without_any_remote_script(tmp_path):
     """The site builds offline and shows math: MathML made at build time, no CDN."""
+    (tmp_path / "_static").symlink_to(DOCS / "_static")
     sphinx_build = pytest.importorskip("sphinx.cmd.build")
     (tmp_path / "conf.py").write_text(
         f"exec(open({str(DOCS / 'conf.py')!r}).read())\nnb_execution_mode = 'off'\n"
@@ -196,3 +205,6 @@ def test_math_is_rendered_without_any_remote_script(tmp_path):
         assert not remote, f"{built.name} loads {remote}"
     html = (out / "index.html").read_text()
     assert html.count("<math") >= 2 and "\\leftarrow" not in html  # drawn, not TeX source
+    # Code wraps on narrow screens (docs/_static/custom.css, linked from every page).
+    assert '_static/custom.css' in html
+    assert "white-space: pre-wrap" in (out / "_static" / "custom.css").read_text()
