@@ -12,6 +12,7 @@ LaTeX converter (browsers draw MathML natively), instead of MathJax from a CDN.
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -116,13 +117,18 @@ def _warn_on_missing_docstring(app, what, name, obj, options, lines):
         _logger.warning(f"{name}: public {what} without a docstring", type="jrmsprop")
 
 
+def _tex(node):
+    # Inside \text{...} docutils keeps "\_" as written: give it the underscore LaTeX prints.
+    return re.sub(r"\\text\{[^}]*\}", lambda m: m.group(0).replace("\\_", "_"), node.astext())
+
+
 def _mathml_inline(self, node):
-    self.body.append(tex2mathml(node.astext()))
+    self.body.append(tex2mathml(_tex(node)))
     raise nodes.SkipNode
 
 
 def _mathml_block(self, node):
-    latex = node.astext()
+    latex = _tex(node)
     if not node.get("nowrap") and "\\\\" in latex:  # lines aligned at "&", as MathJax's split
         latex = "\\begin{aligned}" + latex + "\\end{aligned}"
     self.body.append(self.starttag(node, "div", CLASS="math"))
