@@ -205,6 +205,7 @@ def test_math_is_rendered_without_any_remote_script(tmp_path):
         assert not remote, f"{built.name} loads {remote}"
     html = (out / "index.html").read_text()
     assert html.count("<math") >= 2 and "\\leftarrow" not in html  # drawn, not TeX source
+    assert "weight_decay" in html and "weight\\_decay" not in html  # \\text{...} as LaTeX
     # Code wraps on narrow screens (docs/_static/custom.css, linked from every page).
     assert '_static/custom.css' in html
     assert "white-space: pre-wrap" in (out / "_static" / "custom.css").read_text()
