@@ -43,7 +43,6 @@ def _floors():
     return dict(re.fullmatch(r"([\w-]+)>=([\d.]+)", d).groups() for d in deps if ">=" in d)
 
 
-_NOT_YET_LINKED_FROM_README = {"pitfalls", "contributing"}
 
 
 def _anchors(name):
@@ -76,11 +75,9 @@ def test_readme_links_work_outside_the_repository_and_lead_into_the_docs():
         if url.fragment:
             assert url.fragment in _anchors(name), link
         pages.add(name)
-    # The front page links every page of the site, but for the pages below: reached from the
-    # site's landing page, they are to join the README's links with its next revision.
+    # The front page links every page of the site.
     site = {p.stem for p in DOCS.glob("*.md")} | {p.stem for p in DOCS.glob("*.ipynb")}
-    assert site - {"index"} - _NOT_YET_LINKED_FROM_README <= pages
-    assert _NOT_YET_LINKED_FROM_README <= site
+    assert site - {"index"} <= pages
 
 
 def test_readme_opens_with_the_demo_and_test_commands():
