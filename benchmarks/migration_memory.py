@@ -8,7 +8,9 @@ baseline; the peak is Linux's ``VmHWM`` (reset through ``/proc/self/clear_refs``
 the call), so "peak" is the most memory the call itself added, and "held" what is still
 added after it returns (the result alive). Both are given as a multiple of the bytes of the
 JAX params and optimizer state (four arrays per parameter: params, square_avg,
-momentum_buffer, grad_avg).
+momentum_buffer, grad_avg). "seconds" is wall time, "cpu s" the CPU time of the process
+(all its threads) during the call: on a machine shared with other work, the wall time grows
+with the load, the CPU time much less.
 
     python benchmarks/migration_memory.py                      # 50M parameters
     python benchmarks/migration_memory.py --params 2_000_000   # a quick look
@@ -80,13 +82,13 @@ def _child(direction: str, n_params: int) -> dict:
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed memory back to the system
     base = _status()["VmRSS"]
     _reset_peak()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     if direction == "from_torch":
         result = interop.from_torch(model, optimizer)
         jax.block_until_ready((result[0], result[2]))
     else:
         interop.to_torch(params, opt_state, model, optimizer)
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     peak = _status()["VmHWM"]
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -96,6 +98,7 @@ def _child(direction: str, n_params: int) -> dict:
         "params": n,
         "state_bytes": 4 * 4 * n,
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "peak": status["VmHWM"] - base,
         "held": status["VmRSS"] - base,
     }
@@ -110,8 +113,10 @@ def main() -> None:
         print(json.dumps(_child(args.child, args.params)))
         return
     mib = 2**20
-    print(f"{'direction':<11} {'params':>11} {'JAX bytes':>10} {'seconds':>8} "
-          f"{'peak':>16} {'held after':>16}")
+    print(
+        f"{'direction':<11} {'params':>11} {'JAX bytes':>10} {'seconds':>8} {'cpu s':>6} "
+        f"{'peak':>16} {'held after':>16}"
+    )
     for direction in ("from_torch", "to_torch"):
         out = subprocess.run(
             [sys.executable, __file__, "--child", direction, "--params", str(args.params)],
@@ -123,6 +128,7 @@ def main() -> None:
         b = r["state_bytes"]
         print(
             f"{direction:<11} {r['params']:>11,} {b / mib:>6.0f} MiB {r['seconds']:>8.2f} "
+            f"{r['cpu_seconds']:>6.2f} "
             f"{r['peak'] / mib:>6.0f} MiB {r['peak'] / b:>4.2f}x "
             f"{r['held'] / mib:>6.0f} MiB {r['held'] / b:>4.2f}x"
         )

@@ -8,8 +8,10 @@ copy of the run. Every test runs with JAX's default x64 off unless it asks for `
 
 from __future__ import annotations
 
-import copy
 import gc
+import pathlib
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Mapping
 
@@ -79,7 +81,8 @@ def _bytes(x):
     """Everything of a torch object's state, tensors as (dtype, shape, bytes)."""
     if isinstance(x, torch.Tensor):
         t = x.detach().cpu().contiguous()
-        return ("tensor", str(t.dtype), tuple(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        return ("tensor", str(t.dtype), tuple(t.shape), raw)
     if isinstance(x, Mapping):
         return {k: _bytes(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -360,7 +363,9 @@ def test_frozen_names_must_be_outside_the_optimizer_and_in_the_model():
     model, opt = _frozen_run()
     names = ["2.weight", "2.bias"]
     with pytest.raises(ValueError, match=r"frozen names \['2.bias'\] are optimizer parameters"):
-        interop.from_torch_state_dicts(model.state_dict(), opt.state_dict(), names, frozen=["2.bias"])
+        interop.from_torch_state_dicts(
+            model.state_dict(), opt.state_dict(), names, frozen=["2.bias"]
+        )
     with pytest.raises(ValueError, match=r"has no parameters \['9.weight'\]"):
         interop.from_torch_state_dicts(
             model.state_dict(), opt.state_dict(), names, frozen=["9.weight"]
@@ -374,7 +379,8 @@ def _float64_run(steps):
     torch.manual_seed(0)
     model = _layernorm_linear().double()
     opt = torch.optim.RMSprop(model.parameters(), lr=1e-2, momentum=0.9)
-    _torch_steps(model, opt, [{k: v.double() for k, v in g.items()} for g in _grad_stream(model, steps)])
+    grads = [{k: v.double() for k, v in g.items()} for g in _grad_stream(model, steps)]
+    _torch_steps(model, opt, grads)
     return model, opt
 
 
@@ -395,13 +401,15 @@ def test_a_float64_model_with_x64_off_is_refused_naming_x64_and_both_remedies(st
     model.float()
     opt.load_state_dict(opt.state_dict())
     params, tx, state = interop.from_torch(model, opt)
-    assert {p.dtype for p in jax.tree.leaves((params, state.square_avg))} == {jnp.dtype(jnp.float32)}
+    dtypes = {p.dtype for p in jax.tree.leaves((params, state.square_avg))}
+    assert dtypes == {jnp.dtype(jnp.float32)}
 
 
 def test_a_float64_model_with_x64_on_stays_float64(x64):
     model, opt = _float64_run(2)
     params, tx, state = interop.from_torch(model, opt)
-    assert {p.dtype for p in jax.tree.leaves((params, state.momentum_buffer))} == {jnp.dtype(jnp.float64)}
+    dtypes = {p.dtype for p in jax.tree.leaves((params, state.momentum_buffer))}
+    assert dtypes == {jnp.dtype(jnp.float64)}
 
 
 def _dicts():
@@ -545,3 +553,18 @@ def test_from_torch_holds_nothing_but_the_arrays_it_returns():
     assert n_bytes == 4 * 4 * sum(p.numel() for p in model.parameters()) + 4 + 4 * 8
     # And no numpy copy stays behind the JAX arrays (numpy's own allocations, traced).
     assert sum(stat.size for stat in snapshot.statistics("filename")) < n_bytes / 100
+
+
+def test_the_migration_benchmark_runs_and_prints_both_directions():
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "migration_memory.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--params", "20_000"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    ).stdout.splitlines()
+    assert out[0].split()[:3] == ["direction", "params", "JAX"]
+    assert [line.split()[0] for line in out[1:]] == ["from_torch", "to_torch"]
+    # 12 Linear(40, 40) layers: 19,680 parameters, four float32 arrays each.
+    assert all(line.split()[1] == "19,680" for line in out[1:])

@@ -711,7 +711,8 @@ def _torch_state(
             if tree is not None:
                 buffers[key] = _in_order(tree, group_names, who, i)
                 for name, value in zip(group_names, buffers[key]):
-                    _check_like(f"opt_state's {key} of {name!r}", value, name, model_params[name], who)
+                    what = f"opt_state's {key} of {name!r}"
+                    _check_like(what, value, name, model_params[name], who)
         hyperparams = {key: group[key] for key in (*_FLOAT_KEYS, "centered", "maximize")}
         sub = to_torch_state_dict(
             hyperparams,
