@@ -448,6 +448,20 @@ def _missing_name(m, o, n):
     return {k: v for k, v in m.items() if k != "1.bias"}, o, n
 
 
+def _one_name_short(m, o, n):
+    return m, o, n[:-1]
+
+
+def _buffer_of_another_shape(m, o, n):
+    o["state"][2]["square_avg"] = torch.zeros(5, 4)
+    return m, o, n
+
+
+def _buffer_of_a_wider_dtype(m, o, n):
+    o["state"][2]["square_avg"] = o["state"][2]["square_avg"].double()
+    return m, o, n
+
+
 @pytest.mark.parametrize(
     "spoil, error, message",
     [
@@ -458,6 +472,9 @@ def _missing_name(m, o, n):
         (_model_dict_not_a_dict, TypeError, r"model's state dict must be a dict.*got list"),
         (_one_name_twice, ValueError, r"\['0.weight'\] are given for more than one parameter"),
         (_missing_name, ValueError, r"the model has no parameters \['1.bias'\]"),
+        (_one_name_short, ValueError, r"has 4 parameters across its param groups, 3 names"),
+        (_buffer_of_another_shape, ValueError, r"'1.weight'.*square_avg has shape \(5, 4\)"),
+        (_buffer_of_a_wider_dtype, ValueError, r"'1.weight'.*float64.*never narrowed"),
     ],
     ids=lambda x: getattr(x, "__name__", "")[:30],
 )

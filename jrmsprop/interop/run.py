@@ -175,7 +175,11 @@ def from_torch_state_dicts(
     model.named_parameters()]``; save the list beside the checkpoint when the
     model cannot be rebuilt). The values come from ``model_state_dict`` by those
     names, which also holds buffers (BatchNorm's running statistics: read them
-    from it by name); only the named parameters become ``params``.
+    from it by name); only the named parameters become ``params``. A wrapped
+    model's checkpoint (``DataParallel``/``DistributedDataParallel``: names
+    prefixed by ``module.``; ``torch.compile``: ``_orig_mod.``) loads once the
+    prefix is stripped with
+    ``torch.nn.modules.utils.consume_prefix_in_state_dict_if_present``.
 
     Args:
       model_state_dict: ``model.state_dict()``, e.g. from
