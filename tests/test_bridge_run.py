@@ -211,6 +211,14 @@ def test_steps_are_taken_by_name_not_by_sorted_position():
         assert float(fresh_opt.state[p]["step"]) == steps[name], name
 
 
+def test_without_a_scheduler_count_is_the_largest_step():
+    model, opt, _ = _run(groups=2)  # '0.bias' took 2 steps, the others 3
+    _, _, state = interop.from_torch(model, opt)
+    counts = []
+    _edit_states(state, lambda s: counts.append(int(s.count)) or s)
+    assert counts == [3, 3]
+
+
 # ------------------------------------------------ to_torch: staged writes, all or nothing
 
 
