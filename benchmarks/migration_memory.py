@@ -8,7 +8,7 @@ baseline; the peak is Linux's ``VmHWM`` (reset through ``/proc/self/clear_refs``
 the call), so "peak" is the most memory the call itself added, and "held" what is still
 added after it returns (the result alive). Both are given as a multiple of the bytes of the
 JAX params and optimizer state (four arrays per parameter: params, square_avg,
-momentum_buffer, grad_avg). "seconds" is wall time, "cpu s" the CPU time of the process
+momentum_buffer, grad_avg). "wall s" is wall time, "cpu s" the CPU time of the process
 (all its threads) during the call: on a machine shared with other work, the wall time grows
 with the load, the CPU time much less.
 
@@ -114,8 +114,8 @@ def main() -> None:
         return
     mib = 2**20
     print(
-        f"{'direction':<11} {'params':>11} {'JAX bytes':>10} {'seconds':>8} {'cpu s':>6} "
-        f"{'peak':>16} {'held after':>16}"
+        f"{'direction':<11}{'params':>11} {'JAX MiB':>8} {'wall s':>7} {'cpu s':>6} "
+        f"{'peak MiB':>13} {'held MiB':>13}"
     )
     for direction in ("from_torch", "to_torch"):
         out = subprocess.run(
@@ -127,10 +127,9 @@ def main() -> None:
         r = json.loads(out.strip().splitlines()[-1])
         b = r["state_bytes"]
         print(
-            f"{direction:<11} {r['params']:>11,} {b / mib:>6.0f} MiB {r['seconds']:>8.2f} "
-            f"{r['cpu_seconds']:>6.2f} "
-            f"{r['peak'] / mib:>6.0f} MiB {r['peak'] / b:>4.2f}x "
-            f"{r['held'] / mib:>6.0f} MiB {r['held'] / b:>4.2f}x"
+            f"{direction:<11}{r['params']:>11,} {b / mib:>8.0f} {r['seconds']:>7.2f} "
+            f"{r['cpu_seconds']:>6.2f} {r['peak'] / mib:>6.0f} {r['peak'] / b:>5.2f}x "
+            f"{r['held'] / mib:>6.0f} {r['held'] / b:>5.2f}x"
         )
 
 
