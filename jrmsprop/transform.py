@@ -352,6 +352,16 @@ class _DefaultLR:
     def __repr__(self) -> str:
         return repr(self.value)
 
+    # Introspection (``inspect.signature``, docs tools) sees torch's default, 0.01.
+    def __eq__(self, other: object) -> bool:
+        return other is self or other == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __float__(self) -> float:
+        return self.value
+
 
 _DEFAULT_LR: Any = _DefaultLR()
 
