@@ -96,6 +96,7 @@ def rmsprop_math(
     maximize: bool,
     storage_dtype: Any = None,
     one_minus_alpha: Scalar | None = None,
+    momentum_positive: bool | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array | None]:
     """One step of torch's RMSprop on one real parameter, in torch's order.
 
@@ -109,6 +110,13 @@ def rmsprop_math(
     computed by the caller (the adapter computes it on the host in double and
     rounds it once, as torch does); by default it is computed here, in double
     for a Python ``alpha`` and in the array's dtype for a traced one.
+    ``momentum_positive`` is torch's ``momentum > 0`` branch when the caller
+    has decided it on the host (the adapter gives a ``momentum_buffer`` only
+    then): ``True`` takes the momentum branch and ``False`` the other, with
+    no run-time select even for a traced ``momentum``. ``None`` (the
+    default) decides from ``momentum``: a Python number by its value, an
+    array at run time (a select that costs memory traffic: its
+    momentum-free branch reads the gradient and the averages again).
     """
 
     def stored(x: jax.Array) -> jax.Array:
@@ -136,10 +144,12 @@ def rmsprop_math(
         avg = jnp.sqrt(square_avg)
     avg = avg + eps
     # torch's addcdiv_(g, avg, value=-lr): (-lr * g) / avg, in that order.
-    if momentum_buffer is None or (isinstance(momentum, (int, float)) and momentum == 0):
+    if momentum_positive is None and isinstance(momentum, (int, float)):
+        momentum_positive = momentum > 0
+    if momentum_buffer is None or momentum_positive is False:
         # torch's rule: with momentum 0 a kept buffer is left as it is.
         update = (-lr * grad) / avg
-    elif isinstance(momentum, (int, float)):
+    elif momentum_positive:
         momentum_buffer = stored(momentum_buffer * momentum + grad / avg)
         update = -lr * momentum_buffer
     else:
@@ -165,13 +175,15 @@ def _join(parts: tuple, is_complex: bool) -> jax.Array | None:
     return jax.lax.complex(*parts) if is_complex else parts[0]
 
 
-def step_leaf(param, grad, square_avg, grad_avg, momentum_buffer, hyper, maximize):
+def step_leaf(
+    param, grad, square_avg, grad_avg, momentum_buffer, hyper, maximize, momentum_positive=None
+):
     """:func:`rmsprop_math` on one leaf, complex leaves as (real, imag).
 
     float16 and bfloat16 leaves are computed in float32 and stored back in
     their dtype: torch's CPU and CUDA kernels compute half types in float32
     ("opmath") with float32 hyperparameters, and a bfloat16 ``alpha=0.99``
-    would be 0.98828125.
+    would be 0.98828125. ``momentum_positive``: see :func:`rmsprop_math`.
     """
     dtype = square_avg.dtype
     is_complex = jnp.iscomplexobj(square_avg)
@@ -185,7 +197,17 @@ def step_leaf(param, grad, square_avg, grad_avg, momentum_buffer, hyper, maximiz
         )
 
     outs = [
-        rmsprop_math(p, g, s, a, m, maximize=maximize, storage_dtype=real_dtype, **args)
+        rmsprop_math(
+            p,
+            g,
+            s,
+            a,
+            m,
+            maximize=maximize,
+            storage_dtype=real_dtype,
+            momentum_positive=momentum_positive,
+            **args,
+        )
         for p, g, s, a, m in zip(
             parts(param),
             parts(grad),
@@ -286,6 +308,21 @@ def _static_momentum(momentum: Any) -> float | None:
     return None
 
 
+def _momentum_positive(momentum: Any) -> bool | None:
+    """torch's ``momentum > 0`` when ``momentum``'s value can be read now, else ``None``.
+
+    A number, or an array that is not traced (given to ``rmsprop`` as one,
+    or by ``optax.inject_hyperparams`` outside ``jax.jit``): the step takes
+    its branch with no run-time select, so it moves the bytes of the same
+    momentum given as a Python number. A traced array: ``None``, decided at
+    run time (:func:`rmsprop_math`).
+    """
+    if isinstance(momentum, jax.core.Tracer):
+        return None
+    value = concrete_number(momentum)
+    return None if value is None else value > 0
+
+
 def _wants_momentum_buffer(momentum: Any) -> bool:
     """Whether ``init`` allocates a momentum buffer: a static rule, never the trace's.
 
@@ -300,27 +337,45 @@ def _wants_momentum_buffer(momentum: Any) -> bool:
     return True if number is None else number > 0
 
 
-_DEFAULT_LR = 1e-2
+class _DefaultLR:
+    """The default of ``lr``: torch's 0.01, told apart from an ``lr`` that was given.
+
+    A marker object, not the number: ``rmsprop(0.01, learning_rate=1e-3)``
+    gives both names and is refused, whatever their values. Not a number
+    either for ``optax.inject_hyperparams``, which then leaves it out of the
+    state's hyperparameters: it injects the ``lr`` or ``learning_rate``
+    that is given, and only that one.
+    """
+
+    value = 1e-2
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    # Introspection (``inspect.signature``, docs tools) sees torch's default, 0.01.
+    def __eq__(self, other: object) -> bool:
+        return other is self or other == self.value
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+    def __float__(self) -> float:
+        return self.value
+
+
+_DEFAULT_LR: Any = _DefaultLR()
 
 
 def _lr_or_learning_rate(lr: ScalarOrSchedule, learning_rate: ScalarOrSchedule | None):
-    """The step size, from torch's ``lr`` or optax's ``learning_rate``.
-
-    ``optax.inject_hyperparams`` passes every parameter, defaults included, as
-    an array: an ``lr`` equal to its default in its own dtype, or a traced one
-    (its value unknown), counts as not given when ``learning_rate`` is.
-    """
-    if learning_rate is None:
-        return lr
-    if isinstance(lr, jax.core.Tracer):
-        return learning_rate
-    given = callable(lr) or np.asarray(lr) != np.asarray(_DEFAULT_LR).astype(np.asarray(lr).dtype)
-    if given:
+    """The step size, from torch's ``lr`` or optax's ``learning_rate``; both is a ``TypeError``."""
+    if lr is _DEFAULT_LR:
+        return _DEFAULT_LR.value if learning_rate is None else learning_rate
+    if learning_rate is not None:
         raise TypeError(
             f"rmsprop: got both lr={lr!r} and learning_rate={learning_rate!r}; give one "
             "(learning_rate is optax's name for torch's lr)"
         )
-    return learning_rate
+    return lr
 
 
 def rmsprop(
@@ -421,10 +476,11 @@ def rmsprop(
       learning_rate: optax's name for ``lr`` (keyword only), so optax code
         such as ``optax.inject_hyperparams(jrmsprop.rmsprop)(learning_rate=1e-3)``
         and ``optax.tree_utils.tree_get(state, "learning_rate")`` runs
-        unchanged. Give ``lr`` or ``learning_rate``, not both. Under
-        ``inject_hyperparams`` the state's hyperparameters then hold both
-        names (optax fills in every default); ``learning_rate`` is the one
-        that acts.
+        unchanged. Give ``lr`` or ``learning_rate``, not both: both is a
+        ``TypeError``, whatever their values (``lr=0.01`` included).
+        ``inject_hyperparams`` injects the one given, under its name; when
+        neither is given the lr is 0.01 and not injected (give one to change
+        it between steps).
 
     The positional order is ``torch.optim.RMSprop``'s (after ``params``).
 
@@ -447,6 +503,7 @@ def rmsprop(
     lr = _lr_or_learning_rate(lr, learning_rate)
     check_hyperparams(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum)
     del capturable, foreach, differentiable  # accepted for torch's signature; see Args
+    momentum_positive = _momentum_positive(momentum)
 
     def init_fn(params: Any) -> RMSpropState:
         check_leaves(params, "params")
@@ -490,7 +547,7 @@ def rmsprop(
             # torch skips a parameter without a gradient: no update, no state change.
             (jnp.full_like(s, -0.0), s, a, m)
             if g is None
-            else step_leaf(p, g, s, a, m, hyper, maximize)
+            else step_leaf(p, g, s, a, m, hyper, maximize, momentum_positive)
             for p, g, s, a, m in zip(
                 param_leaves,
                 grads,

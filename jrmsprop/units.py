@@ -213,8 +213,18 @@ def _step_unit(params, grads, state, hyper, mask, maximize):
         # One flag per element, built by broadcasting (XLA fuses it into the step's
         # kernels; jnp.repeat lowers to a gather that cost 2.4x the step at 1,000 leaves).
         on = jnp.concatenate([jnp.broadcast_to(mask[k], (n,)) for k, n in enumerate(sizes)])
+    # A momentum buffer is given only when momentum > 0 (decided on the host,
+    # see step_units): torch's momentum branch, with no run-time select on the
+    # traced momentum (the select costs the step a second pass over memory).
     update, new_sq, new_ga, new_mb = step_leaf(
-        p, g, square_avg, grad_avg, momentum_buffer, hyper, maximize
+        p,
+        g,
+        square_avg,
+        grad_avg,
+        momentum_buffer,
+        hyper,
+        maximize,
+        momentum_positive=momentum_buffer is not None,
     )
     new_p = p + update
     if mask is None:

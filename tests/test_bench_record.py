@@ -187,3 +187,58 @@ def test_memory_target_holds_for_every_jitted_step(impl):
     for r in records:
         assert r["memory"]["no_param_sized_temporaries"], r["case"]
         assert r["memory"]["outputs_alias_donated_inputs"], r["case"]
+
+
+# The adapter against the pure step with lr, alpha and eps injected at run time: its own
+# record (a short run of four implementations on the adapter's target cells).
+ADAPTER_RECORD = json.loads((ROOT / "benchmarks" / "adapter.json").read_text())
+
+
+def _adapter_section():
+    text = _bench_section()
+    start = text.index("## The adapter against the pure step it stands for")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end >= 0 else None]
+
+
+def test_adapter_table_is_the_adapter_records_medians_and_ratios():
+    lines = _adapter_section().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| case | config |"))
+    header = [c.strip() for c in lines[start].strip().strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    by_cell = {(r["case"], r["config"], r["impl"]): r for r in ADAPTER_RECORD["results"]}
+    ratios = {(r["case"], r["config"]): r for r in ADAPTER_RECORD["summary"]["ratios"]}
+    assert {tuple(row[:2]) for row in rows} == set(ratios)
+    assert all(r["dtype"] == "float32" for r in ADAPTER_RECORD["results"])
+    for row in rows:
+        case, config = row[:2]
+        for name, shown in zip(header[3:], row[3:], strict=True):
+            if "/" in name:  # a ratio column
+                assert f"{ratios[case, config][name]:.2f}" == shown, (case, config, name)
+            else:
+                record = by_cell[case, config, name]
+                assert int(row[2].replace(",", "")) == record["leaves"]
+                assert f"{record['median_s'] * 1e3:.3g}" == shown, (case, config, name)
+
+
+def test_adapter_targets_are_the_adapter_records():
+    section = _adapter_section()
+    prose = " ".join(section.split())  # the page's line breaks are not the text's
+    meta = ADAPTER_RECORD["meta"]
+    assert f"{meta['wall_s']:.0f} s on {meta['cpu_count']} cores" in section
+    load = f"load average {meta['loadavg_before'][0]:.1f} -> {meta['loadavg_after'][0]:.1f}"
+    assert load in section
+    assert {r["repeats"] for r in ADAPTER_RECORD["results"]} == {25} and "25 repeats" in section
+    targets = [t for t in ADAPTER_RECORD["summary"]["targets"] if "inject" in t["target"]]
+    assert len(targets) == 8  # two cases, two configs, foreach False and True
+    for impl, name in (("adapter", "`foreach=False`"), ("adapter-foreach", "`foreach=True`")):
+        mine = [t for t in targets if t["target"].startswith(f"step {impl} <=")]
+        met = sum(t["met"] for t in mine)
+        assert f"{name}: met in {met} of {len(mine)} cells" in prose
+    target = section[section.index("Target, the adapter within 1.10x of `inject`.") :]
+    target = target.replace("within 1.10x of", "within the limit of")
+    _check_figures(target.split("\n\n")[0], [t["value"] for t in targets])

@@ -63,3 +63,33 @@ def test_lr_and_learning_rate_together_are_refused():
         jrmsprop.rmsprop(lr=optax.constant_schedule(0.1), learning_rate=0.2)
     with pytest.raises(ValueError, match="Invalid learning rate: -1.0"):
         jrmsprop.rmsprop(learning_rate=-1.0)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: jrmsprop.rmsprop(lr=0.01, learning_rate=1e-3),
+        lambda: jrmsprop.rmsprop(0.01, learning_rate=1e-3),
+        lambda: jrmsprop.rmsprop(0.01, learning_rate=0.01),
+        lambda: jrmsprop.rmsprop(lr=jnp.asarray(0.01), learning_rate=1e-3),
+        lambda: optax.inject_hyperparams(jrmsprop.rmsprop)(lr=0.01, learning_rate=1e-3).init(
+            PARAMS
+        ),
+    ],
+    ids=["keyword-default-value", "positional-default-value", "same-value", "array", "injected"],
+)
+def test_lr_and_learning_rate_together_are_refused_whatever_their_values(call):
+    """lr equal to its default (0.01) is still given: both names are a TypeError."""
+    with pytest.raises(TypeError, match="both lr=.* and learning_rate=.*; give one"):
+        call()
+
+
+def test_neither_lr_nor_learning_rate_steps_with_torchs_default():
+    default, torch_default = _run(jrmsprop.rmsprop()), _run(jrmsprop.rmsprop(lr=0.01))
+    jax.tree.map(np.testing.assert_array_equal, default[0], torch_default[0])
+    # inject_hyperparams injects the name given, and only it; a default lr is not injected.
+    assert set(optax.inject_hyperparams(jrmsprop.rmsprop)().init(PARAMS).hyperparams) == {
+        "alpha", "eps", "weight_decay", "momentum"
+    }
+    injected = optax.inject_hyperparams(jrmsprop.rmsprop)(learning_rate=1e-3).init(PARAMS)
+    assert "learning_rate" in injected.hyperparams and "lr" not in injected.hyperparams
