@@ -15,10 +15,10 @@ import optax
 
 from jrmsprop.interop._torch import _dtype_name, _import_torch, _to_numpy, _to_tensor
 from jrmsprop.interop.schedules import (
+    advanced_copy,
     check_translatable,
-    detached_copy,
+    scheduler_target,
     schedules_of,
-    step_quietly,
     write_state,
 )
 from jrmsprop.interop.state_dict import (
@@ -101,7 +101,7 @@ def from_torch_state_dicts(
     param_names: Sequence[str],
     scheduler: Any = None,
     *,
-    steps_per_scheduler_step: int = 1,
+    steps_per_scheduler_step: int | None = None,
     horizon: int | None = None,
 ) -> tuple[dict, Any, Any]:
     """:func:`from_torch` from a checkpoint's state dicts, without the torch objects.
@@ -185,14 +185,14 @@ def _from_parts(who, tensors, optimizer_state_dict, names, scheduler, k, horizon
 
 
 
+    # count: the optimizer steps taken, the largest per-parameter step.
     schedules, count = (
         {},
         max((step_count(e["step"], f"{who}: state {j}") for j, e in entries.items()), default=0),
     )
     if scheduler is not None:
-
         schedules, count = schedules_of(
-            scheduler, groups, steps_per_scheduler_step=k, horizon=horizon
+            scheduler, groups, steps_per_scheduler_step=k, horizon=horizon, step=count, who=who
         )
     txs = []
     for i, (_, hp) in enumerate(parts):
@@ -273,7 +273,7 @@ def from_torch(
     optimizer: Any,
     scheduler: Any = None,
     *,
-    steps_per_scheduler_step: int = 1,
+    steps_per_scheduler_step: int | None = None,
     horizon: int | None = None,
 ) -> tuple[dict, Any, Any]:
     """A torch RMSprop run as ``(params, tx, opt_state)``, matched by parameter name.
@@ -347,7 +347,7 @@ def to_torch(
     optimizer: Any,
     scheduler: Any = None,
     *,
-    steps_per_scheduler_step: int = 1,
+    steps_per_scheduler_step: int | None = None,
 ) -> None:
     """Writes a run from :func:`from_torch` back into torch's objects, in place.
 
@@ -424,16 +424,8 @@ def to_torch(
     if scheduler is not None:
 
         check_translatable(scheduler)
-        target = count // steps_per_scheduler_step
-        if target < scheduler.last_epoch:
-            raise ValueError(
-                f"{who}: the scheduler stands at last_epoch {scheduler.last_epoch}, past the "
-                f"state's position (count {count} // {steps_per_scheduler_step} = {target}): "
-                "give the scheduler tx came from, or a fresh one"
-            )
-        twin = detached_copy(scheduler, groups)
-        for _ in range(scheduler.last_epoch, target):
-            step_quietly(twin)
+        target = scheduler_target(scheduler, optimizer, count, steps_per_scheduler_step, who)
+        twin = advanced_copy(scheduler, groups, target)
         for group, twin_group in zip(state_dict["param_groups"], twin.optimizer.param_groups):
             group.update({key: v for key, v in twin_group.items() if key != "params"})
     optimizer.load_state_dict(state_dict)
