@@ -591,8 +591,8 @@ def schedules_of(
     if groups is None:
         groups = scheduler.optimizer.param_groups
     position = _position(scheduler)
-    if step is None:
-        k = derive_steps_per_scheduler_step(position, position, steps_per_scheduler_step, who)
+    if step is None:  # the start of the scheduler's epoch
+        k = derive_steps_per_scheduler_step(0, 0, steps_per_scheduler_step, who)
         step = position * k
     else:
         k = derive_steps_per_scheduler_step(step, position, steps_per_scheduler_step, who)
