@@ -347,3 +347,62 @@ def test_a_scheduler_given_to_one_direction_only_does_what_the_docs_say():
     params, state = _replay(tx, params, state, _run(*copy.deepcopy((model, opt, None)), 6, 1, 12, 1))
     interop.to_torch(params, state, model, opt)
     assert sched.last_epoch == 4 and opt.param_groups[0]["lr"] == lr
+
+
+# --- ReduceLROnPlateau: torch's scheduler decides, its lr rides in the state ------
+
+METRICS = [1.0, 0.9, 0.9, 0.95, 0.9, 0.91, 0.9, 0.92, 0.93, 0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"patience": 1, "factor": 0.5, "cooldown": 1, "min_lr": [2e-3, 1e-3]},
+        {"mode": "max", "patience": 0, "threshold": 0.05, "factor": 0.3, "eps": 1e-3},
+        {"patience": 2, "threshold_mode": "abs", "threshold": 0.01, "factor": 0.7},
+    ],
+    ids=["min_rel_cooldown_min_lr", "max_rel_eps", "abs"],
+)
+def test_reduce_lr_on_plateau_both_ways_as_torch(kwargs):
+    model = _model()
+    opt = torch.optim.RMSprop(
+        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 5e-3}],
+        lr=1e-2,
+        momentum=0.5,
+    )
+    sched = L.ReduceLROnPlateau(opt, **kwargs)
+    k, epochs_before = 3, 2
+    _run(model, opt, None, k * epochs_before, 1, 0, 0)
+    for metric in METRICS[:epochs_before]:
+        sched.step(metric)
+    twin = copy.deepcopy((model, opt, sched))
+    params, tx, state = interop.from_torch(*twin)
+    # torch: epochs of k steps, the scheduler fed each epoch's metric
+    gen_seed = 1
+    for epoch, metric in enumerate(METRICS[epochs_before:]):
+        grads = _run(model, opt, None, k, 1, 0, gen_seed + epoch)
+        sched.step(metric)
+        params, state = _replay(tx, params, state, grads)
+        twin[2].step(metric)  # the same scheduler object that was migrated
+        state = interop.plateau.follow(state, twin[2])
+    assert [g["lr"] for g in opt.param_groups] != [1e-2, 5e-3]  # it did reduce
+    _assert_params_equal(params, model)
+    interop.to_torch(params, state, *twin)
+    assert twin[2].state_dict() == sched.state_dict()
+    assert [g["lr"] for g in twin[1].param_groups] == [g["lr"] for g in opt.param_groups]
+
+
+def test_a_plateau_lr_not_followed_is_refused_before_anything_is_written():
+    model = _model()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-2)
+    sched = L.ReduceLROnPlateau(opt, patience=0)
+    _run(model, opt, None, 2, 1, 0, 0)
+    params, tx, state = interop.from_torch(model, opt, sched)
+    sched.step(1.0)
+    sched.step(2.0)  # reduces the lr; the state was not told
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"plateau.follow\(opt_state, scheduler\)"):
+        interop.to_torch(jax.tree.map(lambda p: p + 1, params), state, model, opt, sched)
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n])
+    interop.to_torch(params, interop.plateau.follow(state, sched), model, opt, sched)

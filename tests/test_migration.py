@@ -330,7 +330,6 @@ def test_past_the_table_the_lr_follows_the_closed_form_and_a_settled_one_holds()
     [
         (lambda o: L.LambdaLR(o, lambda e: 0.9**e), "optax schedule"),
         (lambda o: L.MultiplicativeLR(o, lambda e: 0.9), "optax schedule"),
-        (lambda o: L.ReduceLROnPlateau(o), "optax.contrib.reduce_on_plateau"),
         (
             lambda o: L.ChainedScheduler([L.StepLR(o, 2), L.CosineAnnealingLR(o, 9)]),
             r"_schedulers\[1\] is a CosineAnnealingLR in a ChainedScheduler.*product",
@@ -340,7 +339,7 @@ def test_past_the_table_the_lr_follows_the_closed_form_and_a_settled_one_holds()
             r"_schedulers\[0\] is a LambdaLR",
         ),
     ],
-    ids=["lambda", "multiplicative", "plateau", "chained", "sequential_of_lambda"],
+    ids=["lambda", "multiplicative", "chained", "sequential_of_lambda"],
 )
 def test_untranslatable_schedulers_are_refused_saying_what_to_do(make, advice):
     model = torch.nn.Linear(2, 1)

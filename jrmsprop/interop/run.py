@@ -14,6 +14,7 @@ import numpy as np
 import optax
 
 from jrmsprop.interop._torch import _dtype_name, _import_torch, _to_numpy, _to_tensor
+from jrmsprop.interop.plateau import check_followed, injected, is_plateau
 from jrmsprop.interop.schedules import (
     advanced_copy,
     check_translatable,
@@ -190,14 +191,17 @@ def _from_parts(who, tensors, optimizer_state_dict, names, scheduler, k, horizon
         {},
         max((step_count(e["step"], f"{who}: state {j}") for j, e in entries.items()), default=0),
     )
-    if scheduler is not None:
+    plateau = is_plateau(scheduler)  # kept in torch: its lr rides in the state
+    if scheduler is not None and not plateau:
         schedules, count = schedules_of(
             scheduler, groups, steps_per_scheduler_step=k, horizon=horizon, step=count, who=who
         )
     txs = []
     for i, (_, hp) in enumerate(parts):
         moved = {key: columns[i] for key, columns in schedules.items()}
-        if "momentum" in moved:
+        if plateau:
+            txs.append(injected(rmsprop, hp))
+        elif "momentum" in moved:
             # A moving momentum (OneCycleLR's cycle_momentum) goes through optax's
             # inject_hyperparams, which hands rmsprop each step's value.
             txs.append(
@@ -421,7 +425,9 @@ def to_torch(
         position += len(group["params"])
     state_dict["state"] = torch_state
     twin = None
-    if scheduler is not None:
+    if is_plateau(scheduler):
+        check_followed(opt_state, optimizer, who)
+    elif scheduler is not None:
 
         check_translatable(scheduler)
         target = scheduler_target(scheduler, optimizer, count, steps_per_scheduler_step, who)

@@ -48,8 +48,9 @@ _WHAT_TO_DO = {
     "optax schedule of the step and pass it as rmsprop(lr=...)",
     "MultiplicativeLR": "its lr is user code jrmsprop cannot read: write the product as an "
     "optax schedule of the step and pass it as rmsprop(lr=...)",
-    "ReduceLROnPlateau": "its lr follows a metric, not the step: use "
-    "optax.contrib.reduce_on_plateau chained after rmsprop (it scales the updates)",
+    "ReduceLROnPlateau": "its lr follows a metric, not the step: pass it alone as "
+    "from_torch's scheduler (it stays in torch; jrmsprop.interop.plateau.follow puts its lr "
+    "into the JAX state after each scheduler.step(metric))",
 }
 
 
