@@ -61,7 +61,11 @@ CASES = {
     "sequential": (
         lambda o: L.SequentialLR(
             o,
-            [L.LinearLR(o, 0.1, total_iters=5), L.CosineAnnealingLR(o, 40), L.ExponentialLR(o, 0.9999)],
+            [
+                L.LinearLR(o, 0.1, total_iters=5),
+                L.CosineAnnealingLR(o, 40),
+                L.ExponentialLR(o, 0.9999),
+            ],
             [5, 3000],
         ),
         1e-10,
@@ -337,14 +341,16 @@ def test_a_scheduler_given_to_one_direction_only_does_what_the_docs_say():
     # to_torch alone: the scheduler moves to count // k as if the JAX run followed it.
     model, opt, sched = _epochs(12)
     params, tx, state = interop.from_torch(model, opt)
-    params, state = _replay(tx, params, state, _run(*copy.deepcopy((model, opt, None)), 6, 1, 12, 1))
+    grads = _run(*copy.deepcopy((model, opt, None)), 6, 1, 12, 1)
+    params, state = _replay(tx, params, state, grads)
     interop.to_torch(params, state, model, opt, sched)
     assert sched.last_epoch == 18 // 3
     # from_torch alone: the scheduler and the groups' lr stay where they were.
     model, opt, sched = _epochs(12)
     lr = opt.param_groups[0]["lr"]
     params, tx, state = interop.from_torch(model, opt, sched)
-    params, state = _replay(tx, params, state, _run(*copy.deepcopy((model, opt, None)), 6, 1, 12, 1))
+    grads = _run(*copy.deepcopy((model, opt, None)), 6, 1, 12, 1)
+    params, state = _replay(tx, params, state, grads)
     interop.to_torch(params, state, model, opt)
     assert sched.last_epoch == 4 and opt.param_groups[0]["lr"] == lr
 

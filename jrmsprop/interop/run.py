@@ -124,8 +124,11 @@ def from_torch_state_dicts(
         (e.g. ``(torch.optim.lr_scheduler.StepLR, checkpoint["scheduler"])``;
         ``SequentialLR`` needs the object, as its state dict does not name the
         classes inside it). See ``jrmsprop.schedules.from_torch_scheduler``.
-      steps_per_scheduler_step: optimizer steps per ``scheduler.step()``.
-      horizon: optimizer steps to tabulate a scheduler that never settles for.
+      steps_per_scheduler_step: optimizer steps per ``scheduler.step()``;
+        default: derived from the largest per-parameter step and ``last_epoch``
+        (see :func:`from_torch`).
+      horizon: not needed (accepted for compatibility; see
+        ``jrmsprop.schedules.from_torch_scheduler``).
 
     Returns:
       ``(params, tx, opt_state)`` as :func:`from_torch`.
@@ -294,10 +297,16 @@ def from_torch(
     - ``opt_state``: exactly ``tx.init(params)``'s structure, holding torch's
       buffers and per-parameter steps; a parameter torch never stepped has zeros
       and step 0 and takes its first step as torch would.
-    - With a ``scheduler``, each group's lr is an optax schedule continuing
-      torch's (see ``jrmsprop.schedules.from_torch_scheduler``) and the
-      state's ``count`` is ``last_epoch * steps_per_scheduler_step``; without
-      one, each group keeps its current lr and ``count`` is the largest step.
+    - ``count`` (the state's) is the optimizer steps taken: the largest
+      per-parameter step. With a scheduler, each group's lr is an optax
+      schedule continuing torch's for every count (see
+      ``jrmsprop.schedules.from_torch_scheduler``): at count ``n`` torch's lr at
+      ``last_epoch = n // steps_per_scheduler_step``, so a scheduler stepped per
+      epoch and checkpointed mid-epoch changes the lr at the step torch would.
+      Without one, each group keeps its current lr.
+    - A ``ReduceLROnPlateau`` stays in torch: each group's lr is carried in the
+      state (``optax.inject_hyperparams``); after each ``scheduler.step(metric)``
+      call ``jrmsprop.interop.plateau.follow(opt_state, scheduler)``.
 
     Every parameter of the model must be in the optimizer and every optimizer
     parameter in the model. Nothing is read by position.
@@ -307,9 +316,14 @@ def from_torch(
       optimizer: its ``torch.optim.RMSprop``.
       scheduler: ``None`` or its ``torch.optim.lr_scheduler`` scheduler.
       steps_per_scheduler_step: optimizer steps per ``scheduler.step()`` (the
-        steps of an epoch for a scheduler stepped once per epoch).
-      horizon: optimizer steps to tabulate a scheduler that never settles
-        (``StepLR``, ``ExponentialLR``, ``CosineAnnealingLR``) for.
+        steps of an epoch for a scheduler stepped once per epoch). Default:
+        derived, as the ``k`` with ``largest step // k == last_epoch`` (1 when
+        they are equal, e.g. a fresh run); when several fit (the scheduler not
+        yet stepped after some steps) or a given one contradicts them, a
+        ``ValueError`` says what to pass.
+      horizon: not needed; accepted for compatibility (a horizon past 2,048
+        scheduler steps extends the part where the lrs are torch's own to the
+        last bit).
 
     Returns:
       ``(params, tx, opt_state)``.
@@ -318,7 +332,8 @@ def from_torch(
       TypeError: not an RMSprop, or a scheduler that cannot be translated
         (``LambdaLR``, ``ReduceLROnPlateau``, ...; the message says what to do).
       ValueError: a parameter in no group or not in the model, a bad
-        hyperparameter or state entry.
+        hyperparameter or state entry, a ``steps_per_scheduler_step`` that is
+        not a positive int or contradicts the steps and ``last_epoch``.
 
     Example::
 
@@ -361,8 +376,19 @@ def to_torch(
     scheduler, stepped on the host from where it stands to ``last_epoch =
     count // steps_per_scheduler_step``, takes its new position (``last_epoch``,
     ``_last_lr``, ``_step_count``, ...) and puts its lr in each group. torch
-    then continues exactly as ``tx`` would. Without a scheduler the groups keep
-    their hyperparameters (those ``tx`` was built from).
+    then continues exactly as ``tx`` would. ``steps_per_scheduler_step`` is
+    derived again from the optimizer's steps and the scheduler's ``last_epoch``
+    as they stood when the run left (the objects given to :func:`from_torch`,
+    or a copy taken then), so it is the split ``from_torch`` used; one that
+    contradicts them is refused. A ``ReduceLROnPlateau`` is not stepped: the
+    state's lrs must be the ones it left in the groups (``plateau.follow``).
+    Without a scheduler the groups keep their hyperparameters.
+
+    Give the scheduler to both directions or to neither. A scheduler given only
+    here moves to ``count // steps_per_scheduler_step`` as if the JAX run had
+    followed it (it did not: each group kept its lr); one given only to
+    ``from_torch`` stays where it was, and the groups keep the lr they had when
+    the run left.
 
     Args:
       params: ``{name: array}`` as :func:`from_torch` returns it (any later value).
@@ -370,13 +396,16 @@ def to_torch(
       model: the ``torch.nn.Module`` to write into.
       optimizer: its ``torch.optim.RMSprop`` with the groups ``tx`` came from.
       scheduler: ``None`` or the scheduler ``tx``'s schedules came from, at its
-        position then (or any earlier one: a fresh scheduler works).
-      steps_per_scheduler_step: as given to :func:`from_torch`.
+        position then.
+      steps_per_scheduler_step: default: derived as :func:`from_torch` derives
+        it; if given, checked the same way.
 
     Raises:
       ValueError: names, shapes or dtypes that do not match the model; an
         ``opt_state`` that does not fit the optimizer's groups; a scheduler
-        already past the state's position. Nothing is written then.
+        already past the state's position; a ``steps_per_scheduler_step`` that
+        is not a positive int or contradicts the optimizer's steps and
+        ``last_epoch``; plateau lrs not followed. Nothing is written then.
     """
     who = "to_torch"
     torch = _import_torch()

@@ -414,7 +414,9 @@ def _pieces(twin: Any, key: str, span: int, depth: int) -> list[Callable]:
                 out = out * ratio(e + offset)
             return out
 
-        return [_Piece(starts, table[:, i], lambda e, v=table[-1, i]: product(e, v)) for i in groups]
+        return [
+            _Piece(starts, table[:, i], lambda e, v=table[-1, i]: product(e, v)) for i in groups
+        ]
     return [_Piece(starts, table[:, i], _closed(twin, key, i)) for i in groups]
 
 
