@@ -200,7 +200,7 @@ class _Piece:
     def __init__(self, starts, values, tail=None):
         self.starts = np.asarray(starts, np.int64)
         self.values = np.asarray(values, np.float64)
-        self.last = int(self.starts[-1])
+        self.last = min(int(self.starts[-1]), _LAST)
         self.tail = tail
 
     def __call__(self, e: jax.Array) -> jax.Array:
@@ -253,7 +253,7 @@ def _ratio(twin: Any, a: int, base: Any) -> Callable[[jax.Array], jax.Array]:
 
         return multistep
     if name == "ConstantLR":
-        total, factor = int(twin.total_iters), float(twin.factor)
+        total, factor = min(int(twin.total_iters), _LAST), float(twin.factor)
         at_a = factor if a < total else 1.0
         return lambda e: jnp.where(e < total, factor, 1.0).astype(base) / at_a
     total = float(twin.total_iters)
@@ -347,7 +347,7 @@ def _one_cycle(twin: Any, key: str, group: int) -> Callable[[jax.Array], jax.Arr
 
     def one_cycle(e):
         # Past total_steps torch raises; the lr of its last step holds.
-        x = jnp.minimum(e, total).astype(_float())
+        x = jnp.minimum(e.astype(_float()), float(total))
         value = None
         for begin, end, start, stop in reversed(phases):
             pct = (x - begin) / (end - begin)
@@ -380,11 +380,13 @@ def _pieces(twin: Any, key: str, span: int, depth: int) -> list[Callable]:
         epochs, more = _changes(twin, depth)
         epochs = [e for e in epochs if e - p <= span]
         rows, starts = [_values(twin, key)], [p]
-        for e in epochs:
-            twin.last_epoch = e - 1
-            step_quietly(twin)
-            rows.append(_values(twin, key))
-            starts.append(e)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for e in epochs:
+                twin.last_epoch = e - 1
+                twin.step()
+                rows.append(_values(twin, key))
+                starts.append(e)
         table = np.asarray(rows)
         tails = [None] * len(groups)
         if more:
@@ -396,9 +398,11 @@ def _pieces(twin: Any, key: str, span: int, depth: int) -> list[Callable]:
     if settles is not None:
         ahead = min(ahead, max(settles - p, 0))
     rows = [_values(twin, key)]
-    for _ in range(ahead):
-        step_quietly(twin)
-        rows.append(_values(twin, key))
+    with warnings.catch_warnings():  # once, not per step: it costs more than a step
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(ahead):
+            twin.step()
+            rows.append(_values(twin, key))
     table, a = np.asarray(rows), p + ahead
     starts = list(range(p, a + 1))
     if (settles is not None and a >= settles) or ahead == span:
@@ -720,6 +724,8 @@ def advanced_copy(scheduler: Any, groups: Sequence[Mapping], target: int) -> Any
             step_quietly(twin)
         twin.last_epoch, twin._step_count = target, steps + target - position
         return twin
-    for _ in range(position, target):
-        step_quietly(twin)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(position, target):
+            twin.step()
     return twin
