@@ -412,3 +412,34 @@ def test_a_plateau_lr_not_followed_is_refused_before_anything_is_written():
     for n, p in model.named_parameters():
         assert torch.equal(p.detach(), before[n])
     interop.to_torch(params, interop.plateau.follow(state, sched), model, opt, sched)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda o: L.ChainedScheduler([L.StepLR(o, 2, 0.8), L.LinearLR(o, 0.5, total_iters=5)]),
+        lambda o: L.CosineAnnealingWarmRestarts(o, 3, 2, eta_min=1e-4),
+        lambda o: L.SequentialLR(
+            o,
+            [
+                L.LinearLR(o, 0.1, total_iters=5),
+                L.OneCycleLR(o, max_lr=0.05, total_steps=20, cycle_momentum=False),
+                L.StepLR(o, 4, 0.5),
+            ],
+            [5, 25],
+        ),
+    ],
+    ids=["chained", "warm_restarts", "sequential_onecycle"],
+)
+def test_the_new_schedulers_round_trip_as_torch_continues(make):
+    model = _model()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-2)
+    sched = make(opt)
+    _run(model, opt, sched, 8, 1, 0, 0)
+    twin = copy.deepcopy((model, opt, sched))
+    params, tx, state = interop.from_torch(model, opt, sched)
+    params, state = _replay(tx, params, state, _run(model, opt, sched, 30, 1, 8, 1))
+    _assert_params_equal(params, model)
+    interop.to_torch(params, state, *twin)
+    assert twin[2].state_dict() == sched.state_dict()
+    assert [g["lr"] for g in twin[1].param_groups] == [g["lr"] for g in opt.param_groups]
