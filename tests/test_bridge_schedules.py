@@ -443,3 +443,42 @@ def test_the_new_schedulers_round_trip_as_torch_continues(make):
     interop.to_torch(params, state, *twin)
     assert twin[2].state_dict() == sched.state_dict()
     assert [g["lr"] for g in twin[1].param_groups] == [g["lr"] for g in opt.param_groups]
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda o: L.StepLR(o, 1000, 0.5),
+        lambda o: L.CosineAnnealingLR(o, 5000, eta_min=1e-4),
+        lambda o: L.OneCycleLR(o, max_lr=0.05, total_steps=10**7),
+        lambda o: L.MultiStepLR(o, [10, 900_000]),
+    ],
+    ids=["step", "cosine", "onecycle", "multistep"],
+)
+def test_to_torch_far_ahead_costs_milestones_not_steps(make):
+    """10**6 JAX steps: to_torch puts torch's value at the target without 10**6 torch steps."""
+    model = _model()
+    opt = torch.optim.RMSprop(model.parameters(), lr=1e-2)
+    sched = make(opt)
+    _run(model, opt, sched, 3, 1, 0, 0)
+    params, tx, state = interop.from_torch(model, opt, sched)
+    far = 10**6
+    state = jax.tree_util.tree_map_with_path(
+        lambda path, x: (
+            jnp.asarray(far, jnp.int32) if path[-1] == jax.tree_util.GetAttrKey("count") else x
+        ),
+        state,
+    )
+    reference = copy.deepcopy(sched)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        reference.step(far)  # torch's own value there: its closed form, or its lr
+    if isinstance(sched, L.MultiStepLR):  # torch's recursive value: each milestone's factor
+        expected = [(1e-2 * 0.1**1) * 0.1**1]
+    else:
+        expected = reference.get_last_lr()
+    (lr,), _ = from_torch_scheduler(sched)
+    interop.to_torch(params, state, model, opt, sched)
+    assert sched.last_epoch == far and sched._step_count == reference._step_count + far - 4
+    assert sched.get_last_lr() == expected
+    assert opt.param_groups[0]["lr"] == pytest.approx(float(lr(far)), rel=1e-6)

@@ -708,14 +708,29 @@ def from_torch_scheduler(
 def advanced_copy(scheduler: Any, groups: Sequence[Mapping], target: int) -> Any:
     """A detached copy of ``scheduler`` stepped on the host to ``last_epoch = target``.
 
-    A ``MultiStepLR`` or ``ConstantLR`` moves to each change and then to
-    ``target`` (its lr is constant between changes), so a far target costs its
-    milestones, not its steps; every other scheduler is stepped ``target -
-    last_epoch`` times, as torch would.
+    Within ``TABLE`` steps the copy is stepped ``target - last_epoch`` times, as
+    torch would. Farther, a far target costs its milestones, not its steps: a
+    ``MultiStepLR`` or ``ConstantLR`` moves to each change and then to
+    ``target`` (its lr is constant between changes, so this is torch's value);
+    a scheduler with a closed form (``StepLR``, ``ExponentialLR``,
+    ``CosineAnnealingLR``, ``LinearLR``, ``PolynomialLR``) and a ``OneCycleLR``
+    take torch's own value at ``target`` as ``scheduler.step(target)`` computes
+    it (the closed form, as the JAX schedule past its table; torch's recursive
+    form drifts from it by rounding); a ``SequentialLR``, ``ChainedScheduler``
+    or ``CosineAnnealingWarmRestarts`` is stepped.
     """
     twin = detached_copy(scheduler, groups)
     position = _position(twin)
-    if type(twin).__name__ in ("MultiStepLR", "ConstantLR") and target - position > TABLE:
+    name = type(twin).__name__
+    closed = hasattr(twin, "_get_closed_form_lr") or name == "OneCycleLR"
+    if name not in ("MultiStepLR", "ConstantLR") and closed and target - position > TABLE:
+        steps = twin._step_count
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            twin._update_lr(target)  # what scheduler.step(target) does
+        twin._step_count = steps + target - position
+        return twin
+    if name in ("MultiStepLR", "ConstantLR") and target - position > TABLE:
         steps = twin._step_count
         for epoch in _changes(twin, 0)[0]:
             if epoch > target:
