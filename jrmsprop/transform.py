@@ -33,18 +33,18 @@ class RMSpropState(NamedTuple):
     """State of :func:`rmsprop`.
 
     Attributes:
-      count: number of updates applied so far (int32 scalar); what an ``lr``
+      count (jax.Array): number of updates applied so far (int32 scalar); what an ``lr``
         schedule reads.
-      step: torch's per-parameter ``state["step"]``, for all parameters in
+      step (jax.Array): torch's per-parameter ``state["step"]``, for all parameters in
         ONE int32 vector: ``step[i]`` is how many times leaf ``i`` of
         ``jax.tree.leaves(params)`` received a gradient. One array instead
         of one per leaf: a per-leaf counter costs a kernel, an input and an
         output per leaf in the compiled step.
-      square_avg: per parameter, the running average of squared gradients
+      square_avg (PyTree): per parameter, the running average of squared gradients
         (a pytree like ``params``).
-      momentum_buffer: per parameter, the momentum buffer; ``None`` (no
+      momentum_buffer (PyTree or None): per parameter, the momentum buffer; ``None`` (no
         memory) when the transformation was built with ``momentum == 0``.
-      grad_avg: per parameter, the running average of gradients; ``None`` (no
+      grad_avg (PyTree or None): per parameter, the running average of gradients; ``None`` (no
         memory) unless ``centered``.
     """
 

@@ -43,6 +43,8 @@ def _floors():
     return dict(re.fullmatch(r"([\w-]+)>=([\d.]+)", d).groups() for d in deps if ">=" in d)
 
 
+
+
 def _anchors(name):
     """The ids Sphinx gives a page's section headings (docutils' ``make_id`` rule)."""
     text = re.sub(r"^```.*?^```", "", page(name), flags=re.DOTALL | re.MULTILINE)

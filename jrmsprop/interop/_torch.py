@@ -7,6 +7,7 @@ torch object has to be read or made.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import jax.numpy as jnp
@@ -43,6 +44,21 @@ def _to_tensor(array: Any):
     if array.dtype == jnp.bfloat16:
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(array)
+
+
+def _tensor_view(array: Any):
+    """A torch tensor reading ``array``'s memory (a CPU JAX array: no copy), only to be read.
+
+    For ``tensor.copy_(_tensor_view(array))``: one copy, straight into torch's tensor.
+    """
+    torch = _import_torch()
+    array = np.asarray(array)
+    bfloat16 = array.dtype == jnp.bfloat16
+    with warnings.catch_warnings():
+        # A JAX array's numpy view is read-only; torch only reads it here.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensor = torch.from_numpy(array.view(np.int16) if bfloat16 else array)
+    return tensor.view(torch.bfloat16) if bfloat16 else tensor
 
 
 def _dtype_name(value: Any) -> str:

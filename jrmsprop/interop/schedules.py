@@ -564,7 +564,10 @@ def scheduler_target(scheduler: Any, optimizer: Any, count: int, given: Any, who
       ValueError: as :func:`derive_steps_per_scheduler_step`; a scheduler past ``count``.
     """
     position = _position(scheduler)
-    k = derive_steps_per_scheduler_step(_largest_step(optimizer, who), position, given, who)
+    k = derive_steps_per_scheduler_step(0, 0, given, who)  # a positive int, or 1
+    if count // k >= position and any("step" in entry for entry in optimizer.state.values()):
+        # The optimizer's steps (none: nothing to check against) decide k.
+        k = derive_steps_per_scheduler_step(_largest_step(optimizer, who), position, given, who)
     target = count // k
     if target < position:
         raise ValueError(

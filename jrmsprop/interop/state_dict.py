@@ -80,7 +80,7 @@ def _buffer(entry: Mapping, key: str, leaf: jax.Array, who: str, where: str) -> 
             f"{who}: torch {key} at {where} is a Python {type(entry[key]).__name__}, not a "
             f"tensor: a state buffer is a tensor of the parameter's shape {tuple(leaf.shape)}"
         )
-    value = np.array(_to_numpy(entry[key]))  # a copy: torch steps its tensors in place
+    value = _to_numpy(entry[key])  # a view: copied once below, where JAX takes it
     if tuple(value.shape) != tuple(leaf.shape):
         raise ValueError(
             f"{who}: shape mismatch at {where}: torch {key} has shape {tuple(value.shape)}, "
@@ -98,12 +98,14 @@ def _buffer(entry: Mapping, key: str, leaf: jax.Array, who: str, where: str) -> 
                 "its own dtype or of a wider one of the same kind (float32 into float64), "
                 "never narrowed: build the params in the checkpoint's dtype"
             )
-    return jnp.asarray(value).astype(leaf.dtype)
+    # jnp.array copies (torch steps its tensors in place); an upcast copies once more.
+    array = jnp.array(value)
+    return array if array.dtype == leaf.dtype else array.astype(leaf.dtype)
 
 
 def _buffers(
     entry: Mapping | None,
-    leaf: jax.Array,
+    leaf: Any,
     hyperparams: Mapping,
     torch_id: Any,
     who: str,
@@ -116,8 +118,9 @@ def _buffers(
     """
     momentum, centered = hyperparams["momentum"], hyperparams["centered"]
     if entry is None:
-        zeros = jnp.zeros_like(leaf)
-        return 0, zeros, zeros if momentum > 0 else None, zeros if centered else None
+        # One array per buffer: a jax.jit may donate each of them.
+        zeros = lambda: jnp.zeros(leaf.shape, leaf.dtype)
+        return 0, zeros(), zeros() if momentum > 0 else None, zeros() if centered else None
     check_state_entry(torch_id, entry, momentum, centered, f"{who}: {where}")
     return (
         step_count(entry["step"], f"{who}: {where}"),
