@@ -15,11 +15,12 @@ import numpy as np
 import optax
 
 from jrmsprop.interop._torch import _dtype_name, _import_torch, _tensor_view, _to_numpy
+from jrmsprop.interop.plateau import check_followed, injected, is_plateau
 from jrmsprop.interop.schedules import (
+    advanced_copy,
     check_translatable,
-    detached_copy,
+    scheduler_target,
     schedules_of,
-    step_quietly,
     write_state,
 )
 from jrmsprop.interop.state_dict import (
@@ -163,7 +164,7 @@ def from_torch_state_dicts(
     param_names: Sequence[str],
     scheduler: Any = None,
     *,
-    steps_per_scheduler_step: int = 1,
+    steps_per_scheduler_step: int | None = None,
     horizon: int | None = None,
     frozen: Sequence[str] = (),
 ) -> tuple[dict, Any, Any]:
@@ -190,8 +191,11 @@ def from_torch_state_dicts(
         (e.g. ``(torch.optim.lr_scheduler.StepLR, checkpoint["scheduler"])``;
         ``SequentialLR`` needs the object, as its state dict does not name the
         classes inside it). See ``jrmsprop.schedules.from_torch_scheduler``.
-      steps_per_scheduler_step: optimizer steps per ``scheduler.step()``.
-      horizon: optimizer steps to tabulate a scheduler that never settles for.
+      steps_per_scheduler_step: optimizer steps per ``scheduler.step()``;
+        default: derived from the largest per-parameter step and ``last_epoch``
+        (see :func:`from_torch`).
+      horizon: not needed (accepted for compatibility; see
+        ``jrmsprop.schedules.from_torch_scheduler``).
       frozen: names of the model's parameters outside the optimizer (e.g.
         ``[n for n, p in model.named_parameters() if not p.requires_grad]`` for
         ``RMSprop(filter(lambda p: p.requires_grad, model.parameters()))``): they
@@ -364,19 +368,28 @@ def _from_parts(who, tensors, optimizer_state_dict, names, scheduler, k, horizon
 
 
 
+    # count: the optimizer steps taken, the largest per-parameter step.
     schedules, count = (
         {},
         max((step_count(e["step"], f"{who}: state {j}") for j, e in entries.items()), default=0),
     )
-    if scheduler is not None:
-
+    plateau = is_plateau(scheduler)  # kept in torch: its lr rides in the state
+    if scheduler is not None and not plateau:
         schedules, count = schedules_of(
-            scheduler, groups, steps_per_scheduler_step=k, horizon=horizon
+            scheduler,
+            groups,
+            steps_per_scheduler_step=k,
+            horizon=horizon,
+            # No parameter stepped yet: nothing to check last_epoch against.
+            step=count if entries else None,
+            who=who,
         )
     txs = []
     for i, (_, hp) in enumerate(parts):
         moved = {key: columns[i] for key, columns in schedules.items()}
-        if "momentum" in moved:
+        if plateau:
+            txs.append(injected(rmsprop, hp))
+        elif "momentum" in moved:
             # A moving momentum (OneCycleLR's cycle_momentum) goes through optax's
             # inject_hyperparams, which hands rmsprop each step's value.
             txs.append(
@@ -459,7 +472,7 @@ def from_torch(
     optimizer: Any,
     scheduler: Any = None,
     *,
-    steps_per_scheduler_step: int = 1,
+    steps_per_scheduler_step: int | None = None,
     horizon: int | None = None,
 ) -> tuple[dict, Any, Any]:
     """A torch RMSprop run as ``(params, tx, opt_state)``, matched by parameter name.
@@ -476,10 +489,16 @@ def from_torch(
     - ``opt_state``: exactly ``tx.init(params)``'s structure, holding torch's
       buffers and per-parameter steps; a parameter torch never stepped has zeros
       and step 0 and takes its first step as torch would.
-    - With a ``scheduler``, each group's lr is an optax schedule continuing
-      torch's (see ``jrmsprop.schedules.from_torch_scheduler``) and the
-      state's ``count`` is ``last_epoch * steps_per_scheduler_step``; without
-      one, each group keeps its current lr and ``count`` is the largest step.
+    - ``count`` (the state's) is the optimizer steps taken: the largest
+      per-parameter step. With a scheduler, each group's lr is an optax
+      schedule continuing torch's for every count (see
+      ``jrmsprop.schedules.from_torch_scheduler``): at count ``n`` torch's lr at
+      ``last_epoch = n // steps_per_scheduler_step``, so a scheduler stepped per
+      epoch and checkpointed mid-epoch changes the lr at the step torch would.
+      Without one, each group keeps its current lr.
+    - A ``ReduceLROnPlateau`` stays in torch: each group's lr is carried in the
+      state (``optax.inject_hyperparams``); after each ``scheduler.step(metric)``
+      call ``jrmsprop.interop.plateau.follow(opt_state, scheduler)``.
 
     - A model parameter in no param group (frozen, as in
       ``RMSprop(filter(lambda p: p.requires_grad, model.parameters()))``) is in
@@ -497,9 +516,14 @@ def from_torch(
       optimizer: its ``torch.optim.RMSprop``.
       scheduler: ``None`` or its ``torch.optim.lr_scheduler`` scheduler.
       steps_per_scheduler_step: optimizer steps per ``scheduler.step()`` (the
-        steps of an epoch for a scheduler stepped once per epoch).
-      horizon: optimizer steps to tabulate a scheduler that never settles
-        (``StepLR``, ``ExponentialLR``, ``CosineAnnealingLR``) for.
+        steps of an epoch for a scheduler stepped once per epoch). Default:
+        derived, as the ``k`` with ``largest step // k == last_epoch`` (1 when
+        they are equal, e.g. a fresh run); when several fit (the scheduler not
+        yet stepped after some steps) or a given one contradicts them, a
+        ``ValueError`` says what to pass.
+      horizon: not needed; accepted for compatibility (a horizon past 2,048
+        scheduler steps extends the part where the lrs are torch's own to the
+        last bit).
 
     Returns:
       ``(params, tx, opt_state)``.
@@ -508,7 +532,9 @@ def from_torch(
       TypeError: not an RMSprop, or a scheduler that cannot be translated
         (``LambdaLR``, ``ReduceLROnPlateau``, ...; the message says what to do).
       ValueError: an optimizer parameter not in the model, a bad hyperparameter
-        or state entry, a float64 parameter while JAX's x64 is off.
+        or state entry, a float64 parameter while JAX's x64 is off, a
+        ``steps_per_scheduler_step`` that is not a positive int or contradicts
+        the steps and ``last_epoch``.
 
     Example::
 
@@ -542,7 +568,7 @@ def to_torch(
     optimizer: Any,
     scheduler: Any = None,
     *,
-    steps_per_scheduler_step: int = 1,
+    steps_per_scheduler_step: int | None = None,
 ) -> None:
     """Writes a run from :func:`from_torch` back into torch's objects, in place, all or nothing.
 
@@ -553,8 +579,20 @@ def to_torch(
     from where it stands to ``last_epoch = count // steps_per_scheduler_step``,
     takes its new position (``last_epoch``, ``_last_lr``, ``_step_count``, ...)
     and puts its lr in each group. torch then continues exactly as ``tx``
-    would. Without a scheduler the groups keep their hyperparameters (those
-    ``tx`` was built from). The groups keep torch's own keys, nothing more.
+    would. ``steps_per_scheduler_step`` is derived again from the optimizer's
+    steps and the scheduler's ``last_epoch`` as they stood when the run left
+    (the objects given to :func:`from_torch`, or a copy taken then), so it is
+    the split ``from_torch`` used; one that contradicts them is refused. A
+    ``ReduceLROnPlateau`` is not stepped: the state's lrs must be the ones it
+    left in the groups (``plateau.follow``). Without a scheduler the groups keep
+    their hyperparameters (those ``tx`` was built from). The groups keep
+    torch's own keys, nothing more.
+
+    Give the scheduler to both directions or to neither. A scheduler given only
+    here moves to ``count // steps_per_scheduler_step`` as if the JAX run had
+    followed it (it did not: each group kept its lr); one given only to
+    ``from_torch`` stays where it was, and the groups keep the lr they had when
+    the run left.
 
     Every check runs before the first write: the names (every optimizer
     parameter's; a model parameter outside the optimizer may be given, and is
@@ -572,15 +610,18 @@ def to_torch(
       model: the ``torch.nn.Module`` to write into.
       optimizer: its ``torch.optim.RMSprop`` with the groups ``tx`` came from.
       scheduler: ``None`` or the scheduler ``tx``'s schedules came from, at its
-        position then (or any earlier one: a fresh scheduler works).
-      steps_per_scheduler_step: as given to :func:`from_torch`.
+        position then.
+      steps_per_scheduler_step: default: derived as :func:`from_torch` derives
+        it; if given, checked the same way.
 
     Raises:
       ValueError: names, shapes or dtypes that do not match the model; an
         ``opt_state`` that does not fit the optimizer's groups (or comes from
         another model); a deleted array; a step or count that is not an integer
-        >= 0; a scheduler already past the state's position. Nothing is
-        written then.
+        >= 0; a scheduler already past the state's position; a
+        ``steps_per_scheduler_step`` that is not a positive int or contradicts
+        the optimizer's steps and ``last_epoch``; plateau lrs not followed.
+        Nothing is written then.
     """
     who = "to_torch"
     # 1. Every check, and every new tensor built, before anything of torch's changes.
@@ -593,7 +634,7 @@ def to_torch(
     state_dict = optimizer.state_dict()
     state_dict["state"] = _torch_state(states, state_dict, names, model_params, who)
     # 2. The scheduler: a detached copy stepped to the state's position (nothing written).
-    twin = _stepped_scheduler(scheduler, optimizer.param_groups, count, steps_per_scheduler_step)
+    twin = _stepped_scheduler(scheduler, optimizer, opt_state, count, steps_per_scheduler_step)
     if twin is not None:
         for group, twin_group in zip(state_dict["param_groups"], twin.optimizer.param_groups):
             # torch's own group keys only, not the stand-in optimizer's (SGD's dampening, ...).
@@ -737,22 +778,21 @@ def _torch_state(
     return torch_state
 
 
-def _stepped_scheduler(scheduler: Any, groups: Any, count: int, steps_per_scheduler_step: int):
-    """A detached copy of ``scheduler`` stepped to the state's position; ``None`` without one."""
+def _stepped_scheduler(
+    scheduler: Any, optimizer: Any, opt_state: Any, count: int, steps_per_scheduler_step: Any
+):
+    """A detached copy of ``scheduler`` stepped to the state's position; ``None`` without one.
+
+    A ``ReduceLROnPlateau`` is not stepped (``None``): the state's lrs must be its.
+    """
     if scheduler is None:
         return None
+    if is_plateau(scheduler):
+        check_followed(opt_state, optimizer, "to_torch")
+        return None
     check_translatable(scheduler)
-    target = count // steps_per_scheduler_step
-    if target < scheduler.last_epoch:
-        raise ValueError(
-            f"to_torch: the scheduler stands at last_epoch {scheduler.last_epoch}, past the "
-            f"state's position (count {count} // {steps_per_scheduler_step} = {target}): "
-            "give the scheduler tx came from, or a fresh one"
-        )
-    twin = detached_copy(scheduler, groups)
-    for _ in range(scheduler.last_epoch, target):
-        step_quietly(twin)
-    return twin
+    target = scheduler_target(scheduler, optimizer, count, steps_per_scheduler_step, "to_torch")
+    return advanced_copy(scheduler, optimizer.param_groups, target)
 
 
 def _write_parameter(target: Any, value: Any) -> None:
