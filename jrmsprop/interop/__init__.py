@@ -1,6 +1,6 @@
 """Moving an RMSprop run between ``torch.optim.RMSprop`` and jrmsprop.
 
-The bridge has four parts:
+The bridge has five parts:
 
 - :mod:`jrmsprop.interop.run`: a whole run by parameter name (``from_torch``,
   ``from_torch_state_dicts``, ``to_torch``): params, param groups, optimizer
@@ -8,7 +8,9 @@ The bridge has four parts:
 - :mod:`jrmsprop.interop.state_dict`: torch's optimizer state dict by position
   (``from_torch_state_dict``, ``to_torch_state_dict``, ``state_dict_tensors``);
 - :mod:`jrmsprop.interop.schedules`: ``torch.optim.lr_scheduler`` schedulers as
-  optax schedules;
+  optax schedules defined for every step count;
+- :mod:`jrmsprop.interop.plateau`: a ``ReduceLROnPlateau`` kept in torch, its lrs
+  carried in the JAX state (``plateau.follow``);
 - ``jrmsprop.interop._torch``: torch imported lazily, tensors to and from arrays.
 
 Every function takes and returns objects or dicts, never paths: nothing is
