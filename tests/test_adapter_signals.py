@@ -151,16 +151,19 @@ def test_a_handler_raising_while_handlers_go_back_stops_neither_the_rest_nor_the
 
 
 @pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
-def test_two_handlers_raising_in_a_row_as_the_last_handler_goes_back(
+def test_three_handlers_raising_in_a_row_as_the_last_handler_goes_back(
     foreach, ctrl_c, handlers, monkeypatch
 ):
-    # Ctrl-C and a time limit land together just after the last handler is
-    # back: Python raises KeyboardInterrupt, then TimeoutError at its very
-    # next chance, inside the code that catches the first.
+    # Ctrl-C, a raising SIGUSR2 and a time limit land together just after the
+    # last handler is back: Python raises KeyboardInterrupt, then the next one
+    # at its very next chance, inside the code that catches the one before.
     seen = []
 
     def time_limit(signum, frame):
         raise TimeoutError("time limit")
+
+    def usr2(signum, frame):
+        raise ValueError("usr2")
 
     def term(signum, frame):
         seen.append("term")
@@ -170,27 +173,29 @@ def test_two_handlers_raising_in_a_row_as_the_last_handler_goes_back(
 
     for s, h in ((signal.SIGALRM, time_limit), (signal.SIGUSR1, usr1), (signal.SIGTERM, term)):
         handlers(s, h)
+    handlers(signal.SIGUSR2, usr2)
     opt, twin = _pair(foreach)
-    both = {signal.SIGINT, signal.SIGALRM}
+    three = {signal.SIGINT, signal.SIGUSR2, signal.SIGALRM}
     fired = []
 
-    def both_after_the_last(signum, handler):
+    def three_after_the_last(signum, handler):
         if handler is term and not fired:
             fired.append(True)
-            signal.pthread_sigmask(signal.SIG_BLOCK, both)
-            for s in sorted(both):
+            signal.pthread_sigmask(signal.SIG_BLOCK, three)
+            for s in sorted(three):
                 _kill(s)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, both)  # both handlers are due now
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, three)  # the three handlers are due now
 
     _during_the_run(monkeypatch, signal.SIGUSR1)
-    monkeypatch.setattr(transaction, "signal", _signal_module(both_after_the_last))
+    monkeypatch.setattr(transaction, "signal", _signal_module(three_after_the_last))
     with pytest.raises(KeyboardInterrupt):
         opt.step(_grads(scale=0.25))
     monkeypatch.undo()
     assert fired
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is term
-    assert seen == ["usr1"]  # delivered despite the two exceptions before it
+    assert signal.getsignal(signal.SIGUSR2) is usr2
+    assert seen == ["usr1"]  # delivered despite the three exceptions before it
     twin.step(_grads(scale=0.25))
     _same(opt, twin)
 
@@ -466,7 +471,7 @@ def test_the_ctrl_c_tests_pass_when_pytest_starts_with_sigint_ignored():
         os.path.join(here, "test_adapter.py")
         + "::test_ctrl_c_at_each_unit_of_a_foreach_step_is_raised_after_the_commit",
         os.path.join(here, "test_adapter_signals.py")
-        + "::test_two_handlers_raising_in_a_row_as_the_last_handler_goes_back",
+        + "::test_three_handlers_raising_in_a_row_as_the_last_handler_goes_back",
     ]
     env = dict(os.environ)
     # The jrmsprop these tests import (a checkout or an installed wheel), and no other.
