@@ -137,7 +137,9 @@ class FunctionalRMSprop:
       limit, a checkpointing SIGUSR1) on the main thread during that window
       is held back and delivered once the step is committed: an interrupted
       step is either fully applied or not applied at all, and a handler sees
-      a whole optimizer. With ``jax_debug_nans`` or ``jax_debug_infs`` on nothing is
+      a whole optimizer. A handler that raises while the caller's handlers
+      go back (a second Ctrl-C, a repeating time limit) stops neither: every
+      handler goes back and every held-back signal is delivered. With ``jax_debug_nans`` or ``jax_debug_infs`` on nothing is
       donated, and a step that raises JAX's ``FloatingPointError`` commits
       nothing.
     * **Copies.** ``copy.deepcopy`` and ``pickle`` give an independent
@@ -152,7 +154,14 @@ class FunctionalRMSprop:
       then says so).
     * **Threads.** ``step``, ``state``, ``state_dict``, ``load_state_dict``
       and the structural setters of one instance are serialized by a lock:
-      steps from several threads are each applied exactly once.
+      steps from several threads are each applied exactly once. A signal
+      handler runs on the main thread, between two lines of whatever runs
+      there: one that calls ``step``, ``load_state_dict`` or sets
+      ``foreach`` or ``centered`` while that thread is inside one of them
+      on the same optimizer gets a ``RuntimeError`` ("step() called from a
+      signal handler while a step is running ...") and nothing changes; one
+      that reads ``state_dict()`` or ``state`` (a checkpoint) always works,
+      and a held-back handler, delivered after the commit, may step or load.
     * ``state`` is ``{position: {"step", "square_avg", "momentum_buffer",
       "grad_avg"}}`` with torch's keys, created lazily at a parameter's first
       gradient (``momentum_buffer`` when ``momentum > 0`` at that moment,
@@ -375,6 +384,9 @@ class FunctionalRMSprop:
             dtype is neither the parameter's nor a narrower one of its kind.
           RuntimeError: ``foreach=True`` and the device failed after some
             units ran; those units are committed (see the class docstring).
+            Or called from a signal handler while this thread is inside a
+            step, ``load_state_dict`` or a ``foreach`` switch of this
+            optimizer: refused, nothing changed.
         """
         with self._lock:
             self._refuse_reentry("step()")
@@ -750,6 +762,9 @@ class FunctionalRMSprop:
             an invalid hyperparameter (torch's message).
           TypeError: a buffer that is not a float or complex array of its
             parameter's kind, or a container of the wrong type.
+          RuntimeError: called from a signal handler while this thread is
+            inside a step, ``load_state_dict`` or a ``foreach`` switch of
+            this optimizer: refused, nothing changed.
         """
         with self._lock:
             self._refuse_reentry("load_state_dict()")

@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import types
 
 import jax
@@ -200,9 +201,14 @@ def test_three_handlers_raising_in_a_row_as_the_last_handler_goes_back(
     _same(opt, twin)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_300_steps_under_a_repeating_raising_time_limit_leave_every_handler_in_place(handlers):
     # The real thing, no hook: a SIGALRM time limit repeating faster than a
-    # step. Every attempt is whole, and a user's SIGTERM handler stays put.
+    # step raises at its first chance in each attempt (wherever that is: in
+    # the step's checks, as the handlers go back, or in a gc callback, where
+    # Python reports it as unraisable). Every attempt is whole, and a user's
+    # SIGTERM handler stays put. Nothing here depends on the timer's luck:
+    # each outcome is checked, whichever it is.
     def term(signum, frame):
         pass
 
@@ -210,15 +216,22 @@ def test_300_steps_under_a_repeating_raising_time_limit_leave_every_handler_in_p
 
     def time_limit(signum, frame):
         if armed[0]:
+            armed[0] = False
             raise TimeoutError
 
     handlers(signal.SIGTERM, term)
     handlers(signal.SIGALRM, time_limit)
     opt = FunctionalRMSprop(_params(130), momentum=0.5, foreach=True)
     grads = _grads(130)
-    opt.step(grads)
+    timings = []
+    for _ in range(3):
+        started = time.perf_counter()
+        opt.step(grads)
+        jax.block_until_ready(opt.param_group["params"])
+        timings.append(time.perf_counter() - started)
+    duration = float(np.median(timings))
     replaced = []
-    signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0003)
+    signal.setitimer(signal.ITIMER_REAL, duration / 3, duration / 5)
     for k in range(300):
         try:
             try:
