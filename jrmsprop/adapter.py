@@ -139,9 +139,9 @@ class FunctionalRMSprop:
       step is either fully applied or not applied at all, and a handler sees
       a whole optimizer. A handler that raises while the caller's handlers
       go back (a second Ctrl-C, a repeating time limit) stops neither: every
-      handler goes back and every held-back signal is delivered. With ``jax_debug_nans`` or ``jax_debug_infs`` on nothing is
-      donated, and a step that raises JAX's ``FloatingPointError`` commits
-      nothing.
+      handler goes back and every held-back signal is delivered. With
+      ``jax_debug_nans`` or ``jax_debug_infs`` on nothing is donated, and a
+      step that raises JAX's ``FloatingPointError`` commits nothing.
     * **Copies.** ``copy.deepcopy`` and ``pickle`` give an independent
       optimizer; ``copy.copy`` raises ``TypeError``.
     * **Device errors.** ``foreach=False`` runs one compiled call: if it
