@@ -137,9 +137,11 @@ class FunctionalRMSprop:
       limit, a checkpointing SIGUSR1) on the main thread during that window
       is held back and delivered once the step is committed: an interrupted
       step is either fully applied or not applied at all, and a handler sees
-      a whole optimizer. With ``jax_debug_nans`` or ``jax_debug_infs`` on nothing is
-      donated, and a step that raises JAX's ``FloatingPointError`` commits
-      nothing.
+      a whole optimizer. A handler that raises while the caller's handlers
+      go back (a second Ctrl-C, a repeating time limit) stops neither: every
+      handler goes back and every held-back signal is delivered. With
+      ``jax_debug_nans`` or ``jax_debug_infs`` on nothing is donated, and a
+      step that raises JAX's ``FloatingPointError`` commits nothing.
     * **Copies.** ``copy.deepcopy`` and ``pickle`` give an independent
       optimizer; ``copy.copy`` raises ``TypeError``.
     * **Device errors.** ``foreach=False`` runs one compiled call: if it
@@ -152,7 +154,14 @@ class FunctionalRMSprop:
       then says so).
     * **Threads.** ``step``, ``state``, ``state_dict``, ``load_state_dict``
       and the structural setters of one instance are serialized by a lock:
-      steps from several threads are each applied exactly once.
+      steps from several threads are each applied exactly once. A signal
+      handler runs on the main thread, between two lines of whatever runs
+      there: one that calls ``step``, ``load_state_dict`` or sets
+      ``foreach`` or ``centered`` while that thread is inside one of them
+      on the same optimizer gets a ``RuntimeError`` ("step() called from a
+      signal handler while a step is running ...") and nothing changes; one
+      that reads ``state_dict()`` or ``state`` (a checkpoint) always works,
+      and a held-back handler, delivered after the commit, may step or load.
     * ``state`` is ``{position: {"step", "square_avg", "momentum_buffer",
       "grad_avg"}}`` with torch's keys, created lazily at a parameter's first
       gradient (``momentum_buffer`` when ``momentum > 0`` at that moment,
@@ -225,6 +234,8 @@ class FunctionalRMSprop:
         for name in HYPER_ORDER:
             hyper_value(name, self.defaults[name], _WHO)
         self._lock = threading.RLock()
+        # What this optimizer is changing, while it is (see _refuse_reentry).
+        self._busy: str | None = None
         self._centered = bool(centered)
         self._foreach = bool(foreach)
         self._maximize = bool(maximize)
@@ -285,6 +296,7 @@ class FunctionalRMSprop:
     @centered.setter
     def centered(self, value: bool) -> None:
         with self._lock:
+            self._refuse_reentry("setting centered")
             lacking = np.flatnonzero(self._has_state & ~self._has_grad_avg)
             if value and lacking.size:
                 raise ValueError(
@@ -313,13 +325,41 @@ class FunctionalRMSprop:
     @foreach.setter
     def foreach(self, value: bool) -> None:
         with self._lock:
+            self._refuse_reentry("setting foreach")
             if bool(value) == self._foreach:
                 return
-            layout = Layout(self._layout.shapes, self._layout.dtypes, bool(value))
-            with transaction.signals_deferred():
-                states = self._packed(layout, self._per_position(self._layout.split))
-                self._layout, self._states, self._foreach = layout, states, bool(value)
-                self._todo = {}
+            try:
+                self._busy = "a change of foreach"
+                layout = Layout(self._layout.shapes, self._layout.dtypes, bool(value))
+                with transaction.signals_deferred(self._settled):
+                    states = self._packed(layout, self._per_position(self._layout.split))
+                    self._layout, self._states, self._foreach = layout, states, bool(value)
+                    self._todo = {}
+            finally:
+                self._busy = None
+
+    def _refuse_reentry(self, call: str) -> None:
+        """``RuntimeError`` when this thread is already changing this optimizer.
+
+        Only a signal handler gets here that way: Python runs handlers on the
+        main thread between two lines of a running step, which holds the
+        (re-entrant) lock, so another thread would wait and this one would
+        work on a step's stale plan. Reading (``state_dict()``, ``state``)
+        is not refused: a handler runs before a step's work or after its
+        commit, never in between, so it reads a whole optimizer.
+        """
+        busy = self._busy
+        if busy is not None:
+            raise RuntimeError(
+                f"FunctionalRMSprop: {call} called from a signal handler while {busy} is "
+                "running on this optimizer in this thread; refused, nothing changed. Record "
+                "the request in the handler and act on it once the call returns (a handler "
+                "may read state_dict() at any time)"
+            )
+
+    def _settled(self) -> None:
+        """The change in flight is committed or dropped: handlers may change the optimizer."""
+        self._busy = None
 
     # ------------------------------------------------------------------ step
 
@@ -344,13 +384,23 @@ class FunctionalRMSprop:
             dtype is neither the parameter's nor a narrower one of its kind.
           RuntimeError: ``foreach=True`` and the device failed after some
             units ran; those units are committed (see the class docstring).
+            Or called from a signal handler while this thread is inside a
+            step, ``load_state_dict`` or a ``foreach`` switch of this
+            optimizer: refused, nothing changed.
         """
         with self._lock:
-            plan = self._check(gradients)
-            if not plan.todo:
-                return
-            donate = not debugging()  # a debug flag's re-run needs its inputs
-            transaction.apply(plan, donate, self._run, self._commit, self._raise_partial)
+            self._refuse_reentry("step()")
+            try:
+                self._busy = "a step"  # no handler runs between the check and here
+                plan = self._check(gradients)
+                if not plan.todo:
+                    return
+                donate = not debugging()  # a debug flag's re-run needs its inputs
+                transaction.apply(
+                    plan, donate, self._run, self._commit, self._raise_partial, self._settled
+                )
+            finally:
+                self._busy = None
 
     def _check(self, gradients: Any) -> Plan:
         """Every check of a step; raises before anything changes."""
@@ -589,13 +639,16 @@ class FunctionalRMSprop:
         """After a refused call of a step checked with ``dispatch``: the checks left to it, named.
 
         A call JAX refused (a shape or dtype its trace rejects, a deleted
-        array at dispatch) ran nothing and consumed nothing; the full checks
+        array at dispatch: JAX's ``RuntimeError: Array has been deleted``
+        for an array deleted by ``.delete()``, the runtime's ``ValueError:
+        ... Buffer has been deleted or donated`` for one donated to another
+        jitted function) ran nothing and consumed nothing; the full checks
         then raise the error that names what was wrong. Any other error is
         the device's, after the call started: ``_raise_partial`` reports it.
         Raised from within the held-back window (``transaction.apply``):
         nothing ran, so there is nothing to commit.
         """
-        deleted = type(error) is RuntimeError and "has been deleted" in str(error)
+        deleted = "has been deleted" in str(error)
         if not (deleted or isinstance(error, GradientMismatch)):
             return
         self._check_live(plan.leaves)
@@ -709,54 +762,66 @@ class FunctionalRMSprop:
             an invalid hyperparameter (torch's message).
           TypeError: a buffer that is not a float or complex array of its
             parameter's kind, or a container of the wrong type.
+          RuntimeError: called from a signal handler while this thread is
+            inside a step, ``load_state_dict`` or a ``foreach`` switch of
+            this optimizer: refused, nothing changed.
         """
         with self._lock:
-            where = "FunctionalRMSprop.load_state_dict"
-            state, group = state_dict_parts(state_dict, where)
-            defaults = {name: hyper_value(name, group[name], _WHO) for name in HYPER_ORDER}
-            centered = bool(group.get("centered", self._centered))
-            maximize = bool(group.get("maximize", self._maximize))
-            indices = list(group["params"])
-            if len(indices) != self._n:
-                raise ValueError(
-                    "loaded state dict contains a parameter group that doesn't match the size "
-                    f"of optimizer's group: {len(indices)} parameters, expected {self._n}"
+            self._refuse_reentry("load_state_dict()")
+            try:
+                self._busy = "a load_state_dict()"
+                self._load(state_dict)
+            finally:
+                self._busy = None
+
+    def _load(self, state_dict: dict[str, Any]) -> None:
+        """:meth:`load_state_dict`'s work, under the lock and marked busy."""
+        where = "FunctionalRMSprop.load_state_dict"
+        state, group = state_dict_parts(state_dict, where)
+        defaults = {name: hyper_value(name, group[name], _WHO) for name in HYPER_ORDER}
+        centered = bool(group.get("centered", self._centered))
+        maximize = bool(group.get("maximize", self._maximize))
+        indices = list(group["params"])
+        if len(indices) != self._n:
+            raise ValueError(
+                "loaded state dict contains a parameter group that doesn't match the size "
+                f"of optimizer's group: {len(indices)} parameters, expected {self._n}"
+            )
+        position = {index: k for k, index in enumerate(indices)}
+        if len(position) != self._n:
+            raise ValueError(f"{where}: the group's params repeat an index: {indices}")
+        steps = np.zeros(self._n, np.int64)
+        buffers: dict[int, list] = {}
+        for index, entry in state.items():
+            if index not in position:
+                raise ValueError(f"loaded state dict has state for unknown parameter {index}")
+            check_state_entry(index, entry, defaults["momentum"], centered, where)
+            i = position[index]
+            steps[i] = step_count(entry["step"], f"{where}: parameter {index!r}")
+            buffers[i] = [
+                None
+                if key not in entry
+                else loaded_buffer(
+                    entry[key],
+                    self._layout.shapes[i],
+                    self._layout.dtypes[i],
+                    f"{where}: state {key!r} of parameter {index!r}",
                 )
-            position = {index: k for k, index in enumerate(indices)}
-            if len(position) != self._n:
-                raise ValueError(f"{where}: the group's params repeat an index: {indices}")
-            steps = np.zeros(self._n, np.int64)
-            buffers: dict[int, list] = {}
-            for index, entry in state.items():
-                if index not in position:
-                    raise ValueError(f"loaded state dict has state for unknown parameter {index}")
-                check_state_entry(index, entry, defaults["momentum"], centered, where)
-                i = position[index]
-                steps[i] = step_count(entry["step"], f"{where}: parameter {index!r}")
-                buffers[i] = [
-                    None
-                    if key not in entry
-                    else loaded_buffer(
-                        entry[key],
-                        self._layout.shapes[i],
-                        self._layout.dtypes[i],
-                        f"{where}: state {key!r} of parameter {index!r}",
-                    )
-                    for key in BUFFERS
-                ]
-            states = self._packed(self._layout, buffers)
-            has = np.zeros((self._n, 3), bool)
-            for i, parts in buffers.items():
-                has[i] = [part is not None for part in parts]
-            # Everything is checked and built: commit, with no handler between the lines.
-            with transaction.signals_deferred():
-                self.defaults.update(defaults)
-                self._centered, self._maximize = centered, maximize
-                self._states = states
-                self._steps = steps
-                self._has_state = has[:, 0].copy()
-                self._has_grad_avg = has[:, 1].copy()
-                self._has_momentum = has[:, 2].copy()
+                for key in BUFFERS
+            ]
+        states = self._packed(self._layout, buffers)
+        has = np.zeros((self._n, 3), bool)
+        for i, parts in buffers.items():
+            has[i] = [part is not None for part in parts]
+        # Everything is checked and built: commit, with no handler between the lines.
+        with transaction.signals_deferred(self._settled):
+            self.defaults.update(defaults)
+            self._centered, self._maximize = centered, maximize
+            self._states = states
+            self._steps = steps
+            self._has_state = has[:, 0].copy()
+            self._has_grad_avg = has[:, 1].copy()
+            self._has_momentum = has[:, 2].copy()
 
     # ---------------------------------------------------------------- copies
 
@@ -770,6 +835,7 @@ class FunctionalRMSprop:
         with self._lock:
             state = dict(self.__dict__)
         del state["_lock"]
+        state["_busy"] = None  # a copy taken by a handler mid-step is idle
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -60,6 +60,7 @@ def apply(
     run: Callable[[Plan, bool], tuple[list, Exception | None]],
     commit: Callable[[Plan, list], None],
     partial: Callable[[Plan, list, Exception], None],
+    settled: Callable[[], None] | None = None,
 ) -> None:
     """Runs ``plan`` and commits what ran, with signal handlers held back throughout.
 
@@ -67,8 +68,10 @@ def apply(
     any. Without donation nothing was consumed, so an error drops what ran
     (all is as before). With donation what ran consumed its inputs: it is
     committed, then ``partial`` raises the error naming what took the step.
+    ``settled`` is called once that is over, before any handler runs (see
+    :func:`signals_deferred`).
     """
-    with signals_deferred():
+    with signals_deferred(settled):
         ran, error = run(plan, donate)
         if error is not None and not donate:
             raise error
@@ -78,55 +81,111 @@ def apply(
 
 
 @contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
+def signals_deferred(settled: Callable[[], None] | None = None) -> Iterator[None]:
     """Holds back every Python-level signal handler until the block is done.
 
     Each signal whose handler is a Python callable (Ctrl-C's, a SIGALRM time
     limit, a checkpointing SIGUSR1) is recorded instead, and once the block
-    is done the handlers are put back and called in the order the signals
-    arrived: they see a whole optimizer. ``SIG_DFL``, ``SIG_IGN`` and
-    handlers not installed from Python are left alone. Python runs signal
-    handlers only on the main thread, so elsewhere there is nothing to hold
-    back (and a handler cannot be installed). Blocking the signals with
-    ``signal.pthread_sigmask`` would not do: the signal reaches one of XLA's
-    threads, and Python runs the handler inside the blocked window.
+    is done ``settled()`` is called (it must not fail), every handler is put
+    back and the held-back signals are raised again, in the order they
+    arrived: their handlers see a whole optimizer. A handler that raises
+    while the others go back or while the held-back signals are delivered
+    (a second Ctrl-C, a repeating time limit) stops neither: every handler
+    goes back, every held-back signal is delivered, and the first exception
+    propagates. ``SIG_DFL``, ``SIG_IGN`` and handlers not installed from
+    Python are left alone. Python runs signal handlers only on the main
+    thread, so elsewhere there is nothing to hold back (and a handler cannot
+    be installed). Blocking the signals with ``signal.pthread_sigmask``
+    would not do: the signal reaches one of XLA's threads, and Python runs
+    the handler inside the blocked window.
     """
     if threading.current_thread() is not threading.main_thread():
-        yield
+        try:
+            yield
+        finally:
+            if settled is not None:
+                settled()
         return
     getsignal = _signal.getsignal
     previous = {s: h for s in SIGNALS if callable(h := getsignal(s))}
     received: list = []
-    installed: dict = {}
+    record = lambda signum, frame: received.append(signum)
     try:
         # signal.signal runs pending handlers first: a signal that arrived
-        # before this point is handled here, before anything ran.
-        record = lambda signum, frame: received.append((signum, frame))
-        for s, handler in previous.items():
+        # before this point is handled here, before anything ran (and one
+        # that raises is raised from here, once every handler is back).
+        for s in previous:
             signal.signal(s, record)
-            installed[s] = handler
         yield
     finally:
-        for s, handler in installed.items():
-            signal.signal(s, handler)
-        deliver(received, previous)
+        if settled is not None:
+            settled()
+        errors: list = []
+        _until_done(lambda: _put_back(previous, record), errors)
+        _until_done(_delivery(received), errors)
+        if errors:
+            raise errors[0]
 
 
-def deliver(received: list, handlers: dict) -> None:
-    """Calls each held-back signal's handler, in arrival order.
+def _put_back(previous: dict, record: Callable) -> None:
+    """Puts back each handler that is still ``record``; may be called again after a raise.
 
-    A handler that raises does not stop the later ones: they still run, and
-    the first exception is the one that propagates.
+    A handler is put back only where ``record`` still stands: once back (or
+    replaced by a handler that ran meanwhile), it is left alone, so calling
+    this again after an exception finishes the work without undoing any.
     """
-    first: BaseException | None = None
-    for signum, frame in received:
+    getsignal = _signal.getsignal
+    for s, handler in previous.items():
+        if getsignal(s) is record:
+            signal.signal(s, handler)
+
+
+def _delivery(received: list) -> Callable[[], None]:
+    """Raises each held-back signal again, in arrival order; resumable after a raise.
+
+    The signal goes through Python's own machinery (``signal.raise_signal``
+    runs its handler at once): a signal whose handler is put off by another
+    handler's exception stays pending and runs at the next chance, never lost.
+    Each signal is raised once: the position moves on before the raise. A
+    signal whose handler is no longer a Python callable (a handler that ran
+    meanwhile set ``SIG_DFL`` or ``SIG_IGN``) is dropped, as the process would.
+    """
+    at = [0]
+
+    def rest() -> None:
+        while at[0] < len(received):  # handlers that ran meanwhile may append more
+            signum = received[at[0]]
+            live = callable(_signal.getsignal(signum))
+            at[0] += 1
+            if live:
+                signal.raise_signal(signum)
+
+    return rest
+
+
+def _until_done(work: Callable[[], None], errors: list) -> None:
+    """Calls ``work()`` until it returns, whatever signal handlers raise meanwhile.
+
+    A handler (Python runs them between bytecodes, on the main thread) may
+    raise at any point of ``work``; each exception goes to ``errors`` and
+    ``work`` is called again. The nesting covers the loops' back edges,
+    where Python also runs handlers: three handlers raising in a row, with
+    no bytecode of ``work`` between them, are caught too.
+    """
+    while True:
         try:
-            handlers[signum](signum, frame)
-        except BaseException as err:  # noqa: BLE001 (re-raised below, after the others ran)
-            if first is None:
-                first = err
-    if first is not None:
-        raise first
+            while True:
+                try:
+                    while True:
+                        try:
+                            work()
+                            return
+                        except BaseException as err:  # noqa: BLE001 (kept; the first is raised)
+                            errors += (err,)
+                except BaseException as err:  # noqa: BLE001 (a handler on the back edge)
+                    errors += (err,)
+        except BaseException as err:  # noqa: BLE001 (a handler on the back edge)
+            errors += (err,)
 
 
 def run(

@@ -24,6 +24,7 @@ from compile_counter import CompileCounter
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from signal_handlers import ctrl_c  # noqa: F401 (a fixture: Ctrl-C raises, however launched)
 
 from jrmsprop import FunctionalRMSprop, units
 
@@ -983,7 +984,7 @@ def _ctrl_c_outcome(opt, params, steps_before):
     return steps.pop()
 
 
-def test_ctrl_c_at_each_unit_of_a_foreach_step_is_raised_after_the_commit(monkeypatch):
+def test_ctrl_c_at_each_unit_of_a_foreach_step_is_raised_after_the_commit(monkeypatch, ctrl_c):
     # Deterministic: the SIGINT arrives while unit k runs, for every k.
     from jrmsprop import transaction
 
@@ -1011,7 +1012,7 @@ def test_ctrl_c_at_each_unit_of_a_foreach_step_is_raised_after_the_commit(monkey
     opt.step(grads)
 
 
-def test_real_ctrl_c_from_a_timer_at_random_moments_of_a_foreach_step():
+def test_real_ctrl_c_from_a_timer_at_random_moments_of_a_foreach_step(ctrl_c):
     params = _many(2000)
     opt = FunctionalRMSprop(params, momentum=0.5, foreach=True)
     grads = [jnp.full(4, 0.5, jnp.float32) for _ in range(2000)]

@@ -50,6 +50,7 @@ def _same(a, b):
             np.testing.assert_array_equal(value, db["state"][i][key])
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # in a gc callback
 @pytest.mark.parametrize("foreach", [False, True], ids=["loop", "foreach"])
 def test_a_raising_sigalrm_handler_at_random_moments_never_half_applies_a_step(foreach):
     armed = [False]
@@ -63,19 +64,18 @@ def test_a_raising_sigalrm_handler_at_random_moments_never_half_applies_a_step(f
     opt = FunctionalRMSprop(_params(), momentum=0.5, centered=True, foreach=foreach)
     twin = FunctionalRMSprop(_params(), momentum=0.5, centered=True, foreach=foreach)
     warm = _grads(rng)
-    for o in (opt, twin):
-        o.step(warm)
-    started = time.perf_counter()
-    opt.step(warm)
-    twin.step(warm)
-    jax.block_until_ready(opt.param_group["params"])
-    duration = (time.perf_counter() - started) / 2
+    timings = []
+    for _ in range(3):  # the median: one slow step on a loaded machine does not set the delays
+        started = time.perf_counter()
+        opt.step(warm)
+        jax.block_until_ready(opt.param_group["params"])
+        timings.append(time.perf_counter() - started)
+        twin.step(warm)
+    duration = float(np.median(timings))
     previous = signal.signal(signal.SIGALRM, time_limit)
     raised = applied = 0
-    deadline = time.monotonic() + 60
     try:
-        for _ in range(300):
-            assert time.monotonic() < deadline
+        for _ in range(300):  # bounded by its count, not by a clock: a loaded machine is slower
             grads = _grads(rng)
             before = _steps(opt)
             try:
