@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, settings
 
 # The suite runs in JAX's default mode (x64 off), as users do; a test that
 # needs float64 or complex128 takes the `x64` fixture below.
+
 # The reference runs on tiny tensors, where torch's intra-op threads only
 # contend with XLA's for the machine's two cores.
 torch.set_num_threads(1)
