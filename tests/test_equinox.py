@@ -207,7 +207,7 @@ def test_partitioned_model_with_functional_rmsprop_trains_like_torch(dtype, x64_
             )
 
 
-def test_functional_rmsprop_rebinds_the_immutable_module_and_donates_its_arrays():
+def test_functional_rmsprop_rebinds_the_immutable_module_and_donates_its_arrays(x64):
     model = _mlp("float64")
     params = eqx.filter(model, eqx.is_array)
     opt = jrmsprop.FunctionalRMSprop(params, lr=1e-2)
@@ -386,7 +386,7 @@ def test_frozen_submodule_without_gradient_is_skipped_as_torch_skips_it(x64):
     assert all(p not in torch_opt.state for p in net.encoder.parameters())
 
 
-def test_rmsprop_gives_the_same_update_structure_as_optax_on_an_equinox_model():
+def test_rmsprop_gives_the_same_update_structure_as_optax_on_an_equinox_model(x64):
     model = _regressor()
     params = eqx.filter(model, eqx.is_array)
     x, y = (jnp.asarray(a) for a in _data("float64"))
