@@ -154,7 +154,7 @@ def test_inject_hyperparams_traced_alpha_limit_and_remedy(alpha):
         assert max(np.abs(a).max() for a in traced) > 10 * max(np.abs(b).max() for b in theirs)
 
 
-def test_inject_hyperparams_float64_params_get_torchs_float64_numbers():
+def test_inject_hyperparams_float64_params_get_torchs_float64_numbers(x64):
     """README: with float64 params a traced alpha is float64, 1 - alpha rounded as in double."""
     p0, grads = _data()
     p0, grads = p0.astype(np.float64), grads.astype(np.float64)

@@ -20,7 +20,7 @@ def _specs(rng):
 @pytest.mark.parametrize(
     "config", [{}, {"centered": True, "momentum": 0.9, "weight_decay": 0.1}], ids=["plain", "cmw"]
 )
-def test_random_none_patterns_compile_nothing_after_the_first_step(config):
+def test_random_none_patterns_compile_nothing_after_the_first_step(config, x64):
     rng = np.random.default_rng(5)
     specs = _specs(rng)
     init = [rng.standard_normal(s).astype(d) for s, d in specs]

@@ -69,7 +69,7 @@ def _run(step, params, state, grads):
 
 # momentum 0: no momentum buffer, in the eager state and in eval_shape's alike.
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_resumed_optax_run_is_bitwise_identical(tmp_path, momentum):
+def test_resumed_optax_run_is_bitwise_identical(tmp_path, momentum, x64):
     params0, grads = _data()
     opt = _make_opt(momentum)
     step = jitted_step(opt)  # one compiled step (per None pattern) for all three runs
@@ -103,7 +103,7 @@ def _adapter_run(opt, grads):
         opt.step(g)
 
 
-def test_resumed_adapter_run_is_bitwise_identical(tmp_path):
+def test_resumed_adapter_run_is_bitwise_identical(tmp_path, x64):
     params0, grads = _data(seed=1)
     straight = _adapter(list(params0))
     _adapter_run(straight, grads)
@@ -160,7 +160,7 @@ def test_sharded_checkpoint_saved_on_4_devices_resumes_on_2_and_on_1(tmp_path):
             )
 
 
-def test_adapter_state_dict_as_tensors_survives_torch_save_and_loads_into_torch(tmp_path):
+def test_adapter_state_dict_as_tensors_survives_torch_save_and_loads_into_torch(tmp_path, x64):
     """``state_dict(tensors=True)`` -> torch.save -> torch.load(weights_only=True) ->
     torch.optim.RMSprop, which then continues as the adapter does; and back."""
     import torch

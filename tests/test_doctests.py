@@ -1,8 +1,7 @@
 """Every ``>>>`` example in jrmsprop's docstrings runs and prints what it shows.
 
-The examples run as a reader runs them: JAX's default 32-bit mode (this suite
-turns on x64 in conftest.py, so it is switched off around each example), each
-example in a fresh namespace. ``pytest --doctest-modules jrmsprop`` runs the
+The examples run as a reader runs them: JAX's default 32-bit mode (the suite's
+mode), each example in a fresh namespace. ``pytest --doctest-modules jrmsprop`` runs the
 same examples; this file puts them in the README's one test command.
 """
 
@@ -10,7 +9,6 @@ import doctest
 import importlib
 import pkgutil
 
-import jax
 import pytest
 
 import jrmsprop
@@ -46,17 +44,8 @@ def test_public_entry_points_have_examples():
     assert MUST_HAVE_EXAMPLES <= {test.name for test in EXAMPLES}
 
 
-@pytest.fixture
-def x64_off():
-    """The reader's default: 32-bit JAX."""
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", False)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 @pytest.mark.parametrize("example", EXAMPLES, ids=[test.name for test in EXAMPLES])
-def test_docstring_example_runs_as_shown(example, x64_off):
+def test_docstring_example_runs_as_shown(example):
     example.globs = dict(example.globs)  # a fresh namespace per example
     report = []
     runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)

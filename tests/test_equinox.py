@@ -158,7 +158,7 @@ def _buffer_tolerances(dtype: str, net: torch.nn.Module, x, y) -> dict[str, dict
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_filter_pattern_with_rmsprop_trains_like_torch(dtype):
+def test_filter_pattern_with_rmsprop_trains_like_torch(dtype, x64_if_wide):
     x, y = _data(dtype)
     model = _mlp(dtype)
     net = _torch_mlp(model)
@@ -183,7 +183,7 @@ def test_filter_pattern_with_rmsprop_trains_like_torch(dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_partitioned_model_with_functional_rmsprop_trains_like_torch(dtype):
+def test_partitioned_model_with_functional_rmsprop_trains_like_torch(dtype, x64_if_wide):
     x, y = _data(dtype)
     model = _mlp(dtype)
     net = _torch_mlp(model)
@@ -207,7 +207,7 @@ def test_partitioned_model_with_functional_rmsprop_trains_like_torch(dtype):
             )
 
 
-def test_functional_rmsprop_rebinds_the_immutable_module_and_donates_its_arrays():
+def test_functional_rmsprop_rebinds_the_immutable_module_and_donates_its_arrays(x64):
     model = _mlp("float64")
     params = eqx.filter(model, eqx.is_array)
     opt = jrmsprop.FunctionalRMSprop(params, lr=1e-2)
@@ -273,7 +273,7 @@ def _split_mse(diff, static, x, y):
     return _mse(eqx.combine(diff, static), x, y)
 
 
-def test_model_with_non_array_fields_trains_like_torch_in_both_apis():
+def test_model_with_non_array_fields_trains_like_torch_in_both_apis(x64):
     x, y = _data("float64")
     jx, jy = jnp.asarray(x), jnp.asarray(y)
     net = TorchRegressor(_regressor())
@@ -295,7 +295,7 @@ def test_model_with_non_array_fields_trains_like_torch_in_both_apis():
     )
 
 
-def test_frozen_submodule_filtered_out_does_not_move_in_both_apis():
+def test_frozen_submodule_filtered_out_does_not_move_in_both_apis(x64):
     """Frozen by the filter spec: the params hold None there, so there is no parameter."""
     x, y = _data("float64")
     jx, jy = jnp.asarray(x), jnp.asarray(y)
@@ -336,7 +336,7 @@ def test_frozen_submodule_filtered_out_does_not_move_in_both_apis():
     assert torch_losses[-1] < 0.5 * torch_losses[0]  # the head alone did learn
 
 
-def test_frozen_submodule_without_gradient_is_skipped_as_torch_skips_it():
+def test_frozen_submodule_without_gradient_is_skipped_as_torch_skips_it(x64):
     """Frozen by differentiating the head only, while the optimizer holds every array:
     a None gradient for an existing parameter, which torch skips (value, state and step)."""
     x, y = _data("float64")
@@ -386,7 +386,7 @@ def test_frozen_submodule_without_gradient_is_skipped_as_torch_skips_it():
     assert all(p not in torch_opt.state for p in net.encoder.parameters())
 
 
-def test_rmsprop_gives_the_same_update_structure_as_optax_on_an_equinox_model():
+def test_rmsprop_gives_the_same_update_structure_as_optax_on_an_equinox_model(x64):
     model = _regressor()
     params = eqx.filter(model, eqx.is_array)
     x, y = (jnp.asarray(a) for a in _data("float64"))

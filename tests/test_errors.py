@@ -166,7 +166,7 @@ def test_state_buffer_of_the_wrong_shape_names_its_path(buffer):
         opt.update({"w": jnp.ones(3)}, state, params)
 
 
-def test_state_buffer_of_the_wrong_dtype_names_its_path():
+def test_state_buffer_of_the_wrong_dtype_names_its_path(x64):
     params = {"w": jnp.ones(3, jnp.float32)}
     opt = jrmsprop.rmsprop(momentum=0.9)
     state = opt.init(params)._replace(momentum_buffer={"w": jnp.ones(3, jnp.float64)})
@@ -318,7 +318,7 @@ def test_python_float_in_a_torch_state_dict_names_the_buffer():
 
 
 @pytest.mark.parametrize("dtype", [">f4", ">f8", ">c8"])
-def test_big_endian_numpy_gradient_is_taken_as_its_native_values(dtype):
+def test_big_endian_numpy_gradient_is_taken_as_its_native_values(dtype, x64_if_wide):
     native = np.dtype(dtype).newbyteorder("=")
     rng = np.random.default_rng(0)
     values = rng.standard_normal(4)

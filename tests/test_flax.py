@@ -52,7 +52,7 @@ def one_torch_thread():
     torch.set_num_threads(threads)
 
 
-def test_nnx_optimizer_with_jrmsprop_trains_like_torch(one_torch_thread):
+def test_nnx_optimizer_with_jrmsprop_trains_like_torch(one_torch_thread, x64):
     # Every state buffer in use: centered, momentum, and decay on all params.
     kwargs = {"lr": 1e-2, "centered": True, "momentum": 0.9, "weight_decay": 0.01}
     rng = np.random.default_rng(0)

@@ -99,7 +99,7 @@ def _assert_state_matches(torch_params, torch_opt, jax_params, state):
 
 
 @pytest.mark.parametrize("config, dtype", CASES)
-def test_continuing_in_jax_after_import_equals_continuing_in_torch(config, dtype):
+def test_continuing_in_jax_after_import_equals_continuing_in_torch(config, dtype, x64_if_wide):
     params0, grads = _data(dtype)
     torch_params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in params0]
     torch_opt = torch.optim.RMSprop(torch_params, **CONFIGS[config])
@@ -121,7 +121,7 @@ def test_continuing_in_jax_after_import_equals_continuing_in_torch(config, dtype
 
 
 @pytest.mark.parametrize("config, dtype", CASES)
-def test_continuing_in_torch_after_export_equals_continuing_in_jax(config, dtype):
+def test_continuing_in_torch_after_export_equals_continuing_in_jax(config, dtype, x64_if_wide):
     params0, grads = _data(dtype, seed=1)
     hyperparams = {**jrmsprop.interop._DEFAULTS, **CONFIGS[config]}
     params = [jnp.asarray(p) for p in params0]
@@ -203,7 +203,7 @@ def test_shape_mismatch_names_both_sides():
         jrmsprop.from_torch_state_dict(state_dict, params)
 
 
-def test_a_float32_state_into_float64_params_is_upcast_exactly():
+def test_a_float32_state_into_float64_params_is_upcast_exactly(x64):
     state_dict, params = _stepped_torch_state()
     params[1] = params[1].astype(jnp.float64)
     _, state = jrmsprop.from_torch_state_dict(state_dict, params)

@@ -153,7 +153,7 @@ def _layernorm_jax(params, x):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_layernorm_model_whose_sorted_names_differ_from_torch_order(dtype):
+def test_layernorm_model_whose_sorted_names_differ_from_torch_order(dtype, x64_if_wide):
     params = _migrate_and_continue(_layernorms, _square_loss, (8,), dtype, jax_loss=_layernorm_jax)
     assert jax.tree_util.tree_flatten_with_path(params)[0][0][0][0].key == "0.bias"  # sorted
 
@@ -166,7 +166,7 @@ def _transformer():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_transformer_encoder_layer(dtype):
+def test_transformer_encoder_layer(dtype, x64_if_wide):
     _migrate_and_continue(_transformer, _square_loss, (5, 16), dtype)
 
 
@@ -188,7 +188,7 @@ def _cnn_cosine():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_cnn_with_batchnorm_and_cosine_annealing(dtype):
+def test_cnn_with_batchnorm_and_cosine_annealing(dtype, x64_if_wide):
     _migrate_and_continue(_cnn_cosine, _square_loss, (1, 6, 6), dtype, horizon=M)
 
 
@@ -225,7 +225,7 @@ def _three_groups_steplr():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_three_param_groups_with_steplr_crossing_boundaries(dtype):
+def test_three_param_groups_with_steplr_crossing_boundaries(dtype, x64_if_wide):
     _migrate_and_continue(
         _three_groups_steplr, _square_loss, (6,), dtype, horizon=M, jax_loss=_mlp_jax
     )
@@ -238,7 +238,7 @@ def _one_cycle():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_one_cycle(dtype):
+def test_one_cycle(dtype, x64_if_wide):
     _migrate_and_continue(_one_cycle, _square_loss, (6,), dtype, jax_loss=_mlp_jax)
 
 
@@ -251,7 +251,7 @@ def _epochs_warmup_then_cosine():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_scheduler_stepped_once_per_epoch_of_three_steps(dtype):
+def test_scheduler_stepped_once_per_epoch_of_three_steps(dtype, x64_if_wide):
     _migrate_and_continue(_epochs_warmup_then_cosine, _square_loss, (6,), dtype, k=3, horizon=M)
 
 
@@ -298,7 +298,8 @@ def test_a_frozen_part_that_never_got_gradients():
         "sequential",
     ],
 )
-def test_schedules_equal_torch_get_last_lr_float_for_float(make, horizon):
+@pytest.mark.parametrize("dtype", ["float32", "float64"])  # JAX's default mode; x64
+def test_schedules_equal_torch_get_last_lr_float_for_float(make, horizon, dtype, x64_if_wide):
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.RMSprop(
         [{"params": [model.weight]}, {"params": [model.bias], "lr": 0.5}], lr=0.1
@@ -311,7 +312,8 @@ def test_schedules_equal_torch_get_last_lr_float_for_float(make, horizon):
     assert count == 9
     table = jax.jit(lambda n: jnp.stack([s(n) for s in schedules]))
     for n in range(count, count + 150):
-        assert [float(v) for v in table(n)] == sched.get_last_lr(), n
+        expected = [float(np.asarray(lr, dtype)) for lr in sched.get_last_lr()]
+        assert table(n).dtype == dtype and [float(v) for v in table(n)] == expected, n
         opt.step()
         sched.step()
 

@@ -33,7 +33,7 @@ def _params(dtype):
 
 
 @pytest.mark.parametrize(("pdtype", "gdtype"), UPCASTS, ids=lambda d: jnp.dtype(d).name)
-def test_rmsprop_narrow_gradients_equal_their_upcast(pdtype, gdtype):
+def test_rmsprop_narrow_gradients_equal_their_upcast(pdtype, gdtype, x64_if_wide):
     tx = jrmsprop.rmsprop(lr=0.01, momentum=0.9, centered=True, weight_decay=0.1)
     runs = []
     for cast in (False, True):
@@ -53,7 +53,7 @@ def test_rmsprop_narrow_gradients_equal_their_upcast(pdtype, gdtype):
 
 
 @pytest.mark.parametrize(("pdtype", "gdtype"), UPCASTS, ids=lambda d: jnp.dtype(d).name)
-def test_adapter_narrow_gradients_equal_their_upcast(pdtype, gdtype):
+def test_adapter_narrow_gradients_equal_their_upcast(pdtype, gdtype, x64_if_wide):
     runs = []
     for cast in (False, True):
         opt = jrmsprop.FunctionalRMSprop(_params(pdtype), lr=0.01, momentum=0.9)
@@ -78,7 +78,7 @@ def test_adapter_narrow_gradients_equal_their_upcast(pdtype, gdtype):
     ],
     ids=str,
 )
-def test_other_gradient_dtypes_are_refused_in_both_apis(pdtype, gdtype, message):
+def test_other_gradient_dtypes_are_refused_in_both_apis(pdtype, gdtype, message, x64_if_wide):
     params = _params(pdtype)
     g = {"w": jnp.ones((2, 3), gdtype)}
     tx = jrmsprop.rmsprop()

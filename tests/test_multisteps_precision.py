@@ -47,9 +47,9 @@ def test_multisteps_accumulates_in_float32_by_default():
     assert jnp.dtype(default) == jnp.float32
 
 
-def test_float64_multisteps_is_off_by_float32_rounding_by_default():
+def test_float64_multisteps_is_off_by_float32_rounding_by_default(x64):
     assert 1e-8 < _largest_difference_from_torch() < 1e-6  # docs: 8.2e-8
 
 
-def test_float64_accumulator_gives_float64_rounding():
+def test_float64_accumulator_gives_float64_rounding(x64):
     assert _largest_difference_from_torch(accumulator_dtype=jnp.float64) < 1e-14  # docs: 8.9e-16

@@ -102,7 +102,7 @@ def _train(opt, params, grads):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_clip_by_global_norm_chain_matches_torch_clip_grad_norm(dtype):
+def test_clip_by_global_norm_chain_matches_torch_clip_grad_norm(dtype, x64_if_wide):
     max_norm = 100.0
     # Gradient norms from ~40 (not clipped) to ~4000 (clipped hard).
     scales = np.geomspace(4.0, 400.0, STEPS)[np.random.default_rng(2).permutation(STEPS)]
@@ -125,7 +125,7 @@ def test_clip_by_global_norm_chain_matches_torch_clip_grad_norm(dtype):
     _assert_matches_torch(params, state[1], torch_params, torch_opt)
 
 
-def test_clipping_formulas_differ_by_the_documented_factor():
+def test_clipping_formulas_differ_by_the_documented_factor(x64):
     """Near the threshold the difference is visible; it is exactly norm/(norm+1e-6)."""
     max_norm = 1.0
     grads = {n: g * 0.3 for n, g in _grads(np.float64, steps=1)[0].items()}
@@ -155,7 +155,9 @@ def test_clipping_formulas_differ_by_the_documented_factor():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_inject_hyperparams_changes_match_torch_param_groups_without_recompiling(dtype):
+def test_inject_hyperparams_changes_match_torch_param_groups_without_recompiling(
+    dtype, x64_if_wide
+):
     params0, grads = _params(dtype), _grads(dtype)
     opt = optax.inject_hyperparams(jrmsprop.rmsprop, static_args=("centered", "maximize"))(
         lr=1e-2, momentum=0.9, weight_decay=0.01, centered=True
@@ -201,7 +203,7 @@ GROUPS = {  # label -> torch param-group options == jrmsprop.rmsprop kwargs
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_multi_transform_equals_torch_param_groups(dtype):
+def test_multi_transform_equals_torch_param_groups(dtype, x64_if_wide):
     params0, grads = _params(dtype), _grads(dtype)
     labels = {name: _label(name) for name in SHAPES}
     assert set(labels.values()) == set(GROUPS)

@@ -62,12 +62,13 @@ def program(mode: str) -> dict:
 
 @pytest.fixture(scope="module")
 def reference() -> dict:
-    """Params and state after STEPS single-device steps on the full batch."""
-    params, state = reference_run()
-    return {
-        **{f"params{k}": v for k, v in flat(params).items()},
-        **{f"state{k}": v for k, v in flat(state).items()},
-    }
+    """Params and state after STEPS single-device steps on the full batch (float64)."""
+    with jax.enable_x64(True):
+        params, state = reference_run()
+        return {
+            **{f"params{k}": v for k, v in flat(params).items()},
+            **{f"state{k}": v for k, v in flat(state).items()},
+        }
 
 
 def assert_matches(out: dict, reference: dict, prefix: str = "") -> None:
@@ -90,7 +91,7 @@ def test_shard_map_equals_single_device(reference):
     assert_matches(out, reference)
 
 
-def test_shard_map_replicated_param_cotangent_is_already_summed():
+def test_shard_map_replicated_param_cotangent_is_already_summed(x64):
     """Pins down the pitfall the docs document, in the installed JAX.
 
     Under shard_map (check_vma=True) the cotangent of a replicated param is
@@ -140,7 +141,7 @@ def _state_bytes_after_split(state) -> int:
 
 
 @pytest.mark.parametrize("mode", ["zero1", "fsdp"])
-def test_sharded_state_saves_memory_and_equals_unsharded(reference, mode):
+def test_sharded_state_saves_memory_and_equals_unsharded(reference, mode, x64):
     out = program(mode)
     params, _, _ = make_problem()
     state = optimizer().init(jax.tree.map(jnp.asarray, params))
@@ -357,7 +358,7 @@ def test_count_and_step_stay_whole_whatever_the_rule_says(step):
     assert list(whole) == ["[1].count"] + [f"[1]{k}" for k in expected_step]
 
 
-def test_replicated_leaves_lists_what_stays_whole_with_its_bytes():
+def test_replicated_leaves_lists_what_stays_whole_with_its_bytes(x64):
     mesh = MESH4
     params = {"embed": jnp.ones((5, 3), jnp.float32), "scale": jnp.ones((), jnp.float64)}
     state = jrmsprop.rmsprop(centered=True).init(params)

@@ -11,12 +11,12 @@ from torch_reference import DTYPES, TORCH_GRID, run_side_by_side
 @pytest.mark.parametrize(
     "hyper", TORCH_GRID, ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items()) or "default"
 )
-def test_torch_grid_100_steps_with_none_grads(hyper, dtype, foreach):
+def test_torch_grid_100_steps_with_none_grads(hyper, dtype, foreach, x64_if_wide):
     run_side_by_side(hyper, dtype, steps=100, foreach=foreach, seed=len(str(hyper)))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_lr_schedule_with_momentum(dtype):
+def test_lr_schedule_with_momentum(dtype, x64_if_wide):
     schedule = optax.cosine_decay_schedule(0.05, decay_steps=100, alpha=0.1)
     run_side_by_side(
         {"momentum": 0.9, "centered": True},

@@ -152,7 +152,7 @@ def _assert_numbers(params, tensors, indices=None) -> None:
 
 
 @pytest.mark.parametrize("tree", sorted(TREES))
-def test_rmsprop_keeps_optax_structure_and_matches_torch(tree):
+def test_rmsprop_keeps_optax_structure_and_matches_torch(tree, x64):
     params = _params(tree)
     targets = _targets(params)
     ours, theirs = jrmsprop.rmsprop(**KWARGS), optax.rmsprop(1e-2, momentum=0.9, centered=True)
@@ -180,7 +180,7 @@ def test_rmsprop_keeps_optax_structure_and_matches_torch(tree):
 
 
 @pytest.mark.parametrize("tree", sorted(TREES))
-def test_functional_rmsprop_keeps_the_structure_and_matches_torch(tree):
+def test_functional_rmsprop_keeps_the_structure_and_matches_torch(tree, x64):
     initial = _params(tree)
     targets = _targets(initial)
     opt = jrmsprop.FunctionalRMSprop(_params(tree), **KWARGS)
@@ -229,7 +229,7 @@ def test_params_with_no_arrays_give_optax_empty_updates_and_torch_empty_list_err
         jrmsprop.FunctionalRMSprop(params)
 
 
-def test_masked_rmsprop_keeps_optax_structure_and_matches_torch_on_the_masked_in_leaves():
+def test_masked_rmsprop_keeps_optax_structure_and_matches_torch_on_the_masked_in_leaves(x64):
     """optax.masked hands the inner transformation a tree with MaskedNode where the mask is
     False; masked-out gradients pass through unchanged, as with optax.rmsprop inside."""
     mask = {"w": True, "b": False, "v": True}
@@ -260,7 +260,7 @@ def test_masked_rmsprop_keeps_optax_structure_and_matches_torch_on_the_masked_in
     _assert_numbers(params, tensors, indices=[1, 2])
 
 
-def test_multi_transform_with_rmsprop_equals_torch_param_groups():
+def test_multi_transform_with_rmsprop_equals_torch_param_groups(x64):
     # The labels follow the params' tree, None included.
     labels = {"w": "fast", "b": "slow", "frozen": "frozen", "none": None}
 
@@ -318,7 +318,7 @@ def _skip_params():
     return {"w": a(3, 2), "b": a(2), "none": None}
 
 
-def test_none_gradient_for_an_array_parameter_skips_it_in_rmsprop():
+def test_none_gradient_for_an_array_parameter_skips_it_in_rmsprop(x64):
     params = _skip_params()
     targets = _targets(params)
     opt = jrmsprop.rmsprop(**KWARGS)
@@ -349,7 +349,7 @@ def test_none_gradient_for_an_array_parameter_skips_it_in_rmsprop():
             )
 
 
-def test_none_gradient_for_an_array_parameter_skips_it_in_functional_rmsprop():
+def test_none_gradient_for_an_array_parameter_skips_it_in_functional_rmsprop(x64):
     initial = _skip_params()
     targets = _targets(initial)
     opt = jrmsprop.FunctionalRMSprop(_skip_params(), **KWARGS)

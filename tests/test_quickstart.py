@@ -5,6 +5,7 @@ import importlib.util
 import pathlib
 import re
 
+import jax
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -14,13 +15,18 @@ GETTING_STARTED = ROOT / "docs" / "getting-started.md"
 
 @pytest.fixture(scope="module")
 def quickstart():
+    """The example as a module. As a script it turns x64 on for its process; here that
+    is put back at once, and its float64 runs take the x64 fixture."""
     spec = importlib.util.spec_from_file_location("quickstart", PATH)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        jax.config.update("jax_enable_x64", False)
     return module
 
 
-def test_quickstart_prints_verdicts_within_their_bounds(quickstart, capsys):
+def test_quickstart_prints_verdicts_within_their_bounds(quickstart, capsys, x64):
     figures = quickstart.main()  # the README's figures: 50 steps, seed 0
     out = capsys.readouterr().out
 
@@ -50,7 +56,7 @@ def test_quickstart_prints_verdicts_within_their_bounds(quickstart, capsys):
         assert 1 / 3 < figures[key] / float(text) < 3, (key, text, figures[key])
 
 
-def test_quickstart_verdict_fails_when_the_optimizer_differs(quickstart, monkeypatch):
+def test_quickstart_verdict_fails_when_the_optimizer_differs(quickstart, monkeypatch, x64):
     # The asserted bounds mean something: a slightly different lr breaks them.
     real = quickstart.jrmsprop.rmsprop
     monkeypatch.setattr(

@@ -36,7 +36,7 @@ def _jax_step(param, grad, steps=1, jit=True, **config):
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA on CPU flushes subnormals")
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_xla_on_cpu_flushes_a_subnormal_eps_to_zero_where_torch_keeps_it(dtype):
+def test_xla_on_cpu_flushes_a_subnormal_eps_to_zero_where_torch_keeps_it(dtype, x64_if_wide):
     """What the README's Errors part says: an eps below the dtype's smallest normal acts as
     0 on CPU, so a zero gradient over a zero square_avg gives 0 / 0 = NaN; torch gives 0."""
     tiny = float(jnp.finfo(dtype).tiny)
@@ -75,7 +75,9 @@ def _jax_run(tx, param, grads, inner=lambda s: s):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("alpha", [0.3, 0.9])  # lerp weight 1 - alpha: 0.7 (far branch), 0.1
 @pytest.mark.parametrize("injected", [False, True])
-def test_centered_grad_avg_follows_both_branches_of_torchs_lerp_bit_for_bit(dtype, alpha, injected):
+def test_centered_grad_avg_follows_both_branches_of_torchs_lerp_bit_for_bit(
+    dtype, alpha, injected, x64_if_wide
+):
     """torch.lerp computes start + w * (end - start) for w < 0.5 and
     end - (end - start) * (1 - w) otherwise; grad_avg is torch's bit for bit either way,
     with a Python alpha and with an array alpha (inject_hyperparams: the traced branch)."""
@@ -95,7 +97,7 @@ def test_centered_grad_avg_follows_both_branches_of_torchs_lerp_bit_for_bit(dtyp
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_centered_variance_below_zero_gives_nan_as_torch_no_clamp(dtype):
+def test_centered_variance_below_zero_gives_nan_as_torch_no_clamp(dtype, x64_if_wide):
     """torch takes sqrt(square_avg - grad_avg**2) as it is: where a state has
     square_avg < grad_avg**2 (a loaded or hand-made one) the step gives NaN there."""
     param = np.array([1.0, 2.0, 3.0], dtype)
@@ -228,7 +230,9 @@ ARRAY_HYPER = {"lr": 0.01, "eps": 1e-3, "weight_decay": 0.1, "momentum": 0.9}
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("array_dtype", ["float64", "float32"])
-def test_array_hyperparameters_act_in_the_math_dtype_as_python_floats_do(dtype, array_dtype):
+def test_array_hyperparameters_act_in_the_math_dtype_as_python_floats_do(
+    dtype, array_dtype, x64_if_wide
+):
     """torch casts a scalar hyperparameter to the kernel's math dtype (float32 for half
     types): an array lr, eps, weight_decay or momentum gives bit for bit the numbers of
     the same Python float; neither kept in its own (wider) dtype nor rounded to the

@@ -95,7 +95,7 @@ def _loss_after_steps(lr, params0, target, steps, **hyper):
     return sum(jnp.sum((p - t) ** 2) for p, t in zip(params, target))
 
 
-def test_grad_through_update_with_respect_to_lr_matches_finite_differences():
+def test_grad_through_update_with_respect_to_lr_matches_finite_differences(x64):
     rng = np.random.default_rng(2)
     params0 = [
         jnp.asarray(random_array(rng, (4, 3), "float64")),
@@ -112,7 +112,7 @@ def test_grad_through_update_with_respect_to_lr_matches_finite_differences():
     np.testing.assert_allclose(float(jax.jit(jax.grad(loss))(lr)), float(analytic), rtol=1e-10)
 
 
-def test_grad_through_update_with_respect_to_initial_params():
+def test_grad_through_update_with_respect_to_initial_params(x64):
     # torch's differentiable=True: gradients flow through the whole step.
     rng = np.random.default_rng(3)
     params0 = [jnp.asarray(random_array(rng, (3,), "float64"))]

@@ -10,6 +10,7 @@ import math
 import pathlib
 import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -160,13 +161,16 @@ def measured():
     figures = {}
     for name, case in CASES.items():
         row = []
-        references = {p: run_torch(case, _dtype(case, p)) for p in ("float64", "float32")}
+        with jax.enable_x64(True):  # torch's lr schedule in Python floats: doubles
+            references = {p: run_torch(case, _dtype(case, p)) for p in ("float64", "float32")}
         for impl, precision in COLUMNS:
             dtype, reference = _dtype(case, precision), references[precision]
-            if impl == "optax":
-                ours = run_optax(optax_opt(case), case, dtype, zeros_for_none=True)
-            else:
-                ours = run_optax(jrmsprop_opt(case), case, dtype, zeros_for_none=False)
+            # float32 in JAX's default mode, as users run it; float64 needs x64
+            with jax.enable_x64(precision == "float64"):
+                if impl == "optax":
+                    ours = run_optax(optax_opt(case), case, dtype, zeros_for_none=True)
+                else:
+                    ours = run_optax(jrmsprop_opt(case), case, dtype, zeros_for_none=False)
             row.append(max_abs_difference(ours, reference))
         figures[name] = row
     return figures
@@ -222,7 +226,7 @@ def test_jrmsprop_agrees_to_rounding_on_every_row(measured):
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_zeros_are_a_gradient_not_a_skip(momentum):
+def test_zeros_are_a_gradient_not_a_skip(momentum, x64):
     """The None rows differ only by the skip: optax given zeros is torch given zeros
     (a zero gradient still decays square_avg, moves momentum, counts a step)."""
     case = {"none": True, "momentum": momentum}
