@@ -369,7 +369,7 @@ _DEFAULT_LR: Any = _DefaultLR()
 def _lr_or_learning_rate(lr: ScalarOrSchedule, learning_rate: ScalarOrSchedule | None):
     """The step size, from torch's ``lr`` or optax's ``learning_rate``; both is a ``TypeError``."""
     if lr is _DEFAULT_LR:
-        return _DEFAULT_LR.value if learning_rate is None else learning_rate
+        return _DefaultLR.value if learning_rate is None else learning_rate
     if learning_rate is not None:
         raise TypeError(
             f"rmsprop: got both lr={lr!r} and learning_rate={learning_rate!r}; give one "

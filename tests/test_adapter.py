@@ -1262,20 +1262,6 @@ test_interleaved_steps_and_defaults_match_torch = pytest.mark.usefixtures("x64")
 )
 
 
-def test_docs_adapter_example_runs(tmp_path):
-    import pathlib
-    import re
-    import runpy
-
-    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "adapter.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
-    assert blocks
-    for k, block in enumerate(blocks):
-        script = tmp_path / f"readme_adapter_{k}.py"
-        script.write_text(block)
-        runpy.run_path(str(script))
-
-
 LONG_RUN_CONFIGS = [
     {},
     {"centered": True},

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from signal_handlers import ctrl_c, handlers  # noqa: F401 (fixtures)
+from test_adapter_transaction import _same, _steps
 
 from jrmsprop import FunctionalRMSprop, adapter, transaction
 
@@ -43,23 +44,6 @@ def _params(n=N):
 
 def _grads(n=N, scale=0.5):
     return [jnp.full((4,), scale * (k + 1), jnp.float32) for k in range(n)]
-
-
-def _steps(opt):
-    return {int(e["step"]) for e in opt.state_dict()["state"].values()}
-
-
-def _same(a, b):
-    """Bitwise the same params and state dict."""
-    for x, y in zip(a.param_group["params"], b.param_group["params"]):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    da, db = a.state_dict(), b.state_dict()
-    assert da["param_groups"] == db["param_groups"]
-    assert da["state"].keys() == db["state"].keys()
-    for i, entry in da["state"].items():
-        assert entry.keys() == db["state"][i].keys()
-        for key, value in entry.items():
-            np.testing.assert_array_equal(value, db["state"][i][key])
 
 
 def _pair(foreach, **config):

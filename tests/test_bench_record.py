@@ -100,7 +100,7 @@ def test_timing_table_is_the_records_medians():
 def test_run_conditions_are_the_records():
     meta = RECORD["meta"]
     section = _bench_section()
-    assert f"# {meta['wall_s']:.0f} s on {meta['cpu_count']} cores" in section
+    assert f"{meta['wall_s']:.0f} s on {meta['cpu_count']} cores" in section
     load = f"load average {meta['loadavg_before'][0]:.1f} -> {meta['loadavg_after'][0]:.1f}"
     assert load in section
     repeats = {r["repeats"] for r in RECORD["results"]}

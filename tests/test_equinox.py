@@ -134,11 +134,13 @@ def _train_adapter(model, x, y, steps=STEPS, **kwargs):
 def _buffer_tolerances(dtype: str, net: torch.nn.Module, x, y) -> dict[str, dict]:
     """assert_close tolerances for each state buffer.
 
-    float64: tight. float32: torch's defaults, with atol widened to twice torch's own float32
-    error where that is larger: the same torch run in float64 from the same weights measures it.
-    The momentum buffer needs it: it sums ``g / (sqrt(v - grad_avg**2) + eps)``, whose centered
-    variance cancels digits (measured: torch float32 is 4e-5 from float64 there, jrmsprop
-    float32 5e-5 from torch float32; params agree to 2.4e-7).
+    float64: tight. float32: torch's defaults, with atol widened where torch's own float32
+    error is larger: the same torch run in float64 from the same weights measures that error,
+    ``own``. The momentum buffer needs it: it sums ``g / (sqrt(v - grad_avg**2) + eps)``, whose
+    centered variance cancels digits (measured: torch float32 is up to 3.4e-5 from float64
+    there, jrmsprop float32 up to 4.8e-5). The claim is that jrmsprop's float32 error is
+    within twice torch's own; by the triangle inequality it is then within ``3 * own`` of torch
+    float32, the atol used.
     """
     if dtype == "float64":
         return dict.fromkeys(BUFFERS, TOLERANCES["float64"])
@@ -153,7 +155,7 @@ def _buffer_tolerances(dtype: str, net: torch.nn.Module, x, y) -> dict[str, dict
             float(torch.max(torch.abs(opt32.state[p][name].double() - opt64.state[q][name])))
             for p, q in zip(net32.parameters(), net64.parameters())
         )
-        tolerances[name] = {"rtol": 1.3e-6, "atol": max(1e-5, 2 * own)}
+        tolerances[name] = {"rtol": 1.3e-6, "atol": max(1e-5, 3 * own)}
     return tolerances
 
 

@@ -42,7 +42,7 @@ def _label(index: int) -> str:
 
 
 # A throwaway instance of each class whose state dict keys are checked, by class name.
-_SCHEDULER_EXAMPLES = {
+_SCHEDULER_EXAMPLES: dict[str, dict[str, Any]] = {
     "StepLR": {"step_size": 1},
     "MultiStepLR": {"milestones": [1]},
     "ExponentialLR": {"gamma": 0.5},
@@ -81,6 +81,7 @@ def check_scheduler_state(cls: Any, state_dict: Any, who: str = "scheduler") -> 
     torch = _import_torch()
     name = cls.__name__
     if name in _SCHEDULER_EXAMPLES and getattr(torch.optim.lr_scheduler, name, None) is cls:
+        assert isinstance(cls, type)
         stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
         keys = set(cls(stand_in, **_SCHEDULER_EXAMPLES[name]).state_dict())
     else:

@@ -256,16 +256,16 @@ def _ratio(twin: Any, a: int, base: Any) -> Callable[[jax.Array], jax.Array]:
         total, factor = min(int(twin.total_iters), _LAST), float(twin.factor)
         at_a = factor if a < total else 1.0
         return lambda e: jnp.where(e < total, factor, 1.0).astype(base) / at_a
-    total = float(twin.total_iters)
-    if a >= total:
+    span = float(twin.total_iters)
+    if a >= span:
         return lambda e: jnp.ones((), base)
     if name == "LinearLR":
         s, f = float(twin.start_factor), float(twin.end_factor)
-        at_a = s + (f - s) * a / total
-        return lambda e: (s + (f - s) * jnp.minimum(e, total).astype(base) / total) / at_a
+        at_a = s + (f - s) * a / span
+        return lambda e: (s + (f - s) * jnp.minimum(e, span).astype(base) / span) / at_a
     power = float(twin.power)
-    at_a = (1.0 - a / total) ** power
-    return lambda e: (1.0 - jnp.minimum(e, total).astype(base) / total) ** power / at_a
+    at_a = (1.0 - a / span) ** power
+    return lambda e: (1.0 - jnp.minimum(e, span).astype(base) / span) ** power / at_a
 
 
 def _settles(twin: Any) -> int | None:
@@ -279,7 +279,8 @@ def _settles(twin: Any) -> int | None:
         return int(twin.total_steps)
     if name == "ChainedScheduler":
         ends = [_settles(child) for child in twin._schedulers]
-        return None if None in ends else max(ends, default=0)
+        known = [end for end in ends if end is not None]
+        return None if len(known) < len(ends) else max(known, default=0)
     return None
 
 
@@ -388,7 +389,7 @@ def _pieces(twin: Any, key: str, span: int, depth: int) -> list[Callable]:
                 rows.append(_values(twin, key))
                 starts.append(e)
         table = np.asarray(rows)
-        tails = [None] * len(groups)
+        tails: list[Any] = [None] * len(groups)
         if more:
             ratio = _ratio(twin, starts[-1], _float())
             tails = [(lambda e, v=table[-1, i]: v * ratio(e)) for i in groups]
