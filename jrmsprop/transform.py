@@ -319,7 +319,11 @@ def _momentum_positive(momentum: Any) -> bool | None:
     """
     if isinstance(momentum, jax.core.Tracer):
         return None
-    value = concrete_number(momentum)
+    # A host value is read in double, as torch reads it: a momentum of 1e-300 is > 0
+    # although JAX (x64 off) would round it to float32's 0.
+    value = _static_momentum(momentum)
+    if value is None:
+        value = concrete_number(momentum)
     return None if value is None else value > 0
 
 

@@ -194,3 +194,23 @@ def test_a_leaf_of_exactly_large_leaf_elements_is_a_unit_of_its_own():
         loop.step([jnp.asarray(g) for g in grads])
     for a, b in zip(fused.param_group["params"], loop.param_group["params"]):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_a_momentum_below_float32s_range_is_still_torchs_momentum_branch():
+    # torch reads momentum=1e-300 as a double, > 0: the buffer takes g / avg. JAX with x64 off
+    # would round it to float32's 0, the momentum-free branch that keeps the buffer at zero.
+    p0 = np.array([1.0, -2.0, 3.0], np.float32)
+    g = np.array([0.5, -1.0, 2.0], np.float32)
+    opt = jrmsprop.rmsprop(lr=1e-2, momentum=1e-300)
+    params = jnp.asarray(p0)
+    state = opt.init(params)
+    updates, state = opt.update(jnp.asarray(g), state, params)
+
+    tp = torch.tensor(p0, requires_grad=True)
+    topt = torch.optim.RMSprop([tp], lr=1e-2, momentum=1e-300)
+    tp.grad = torch.tensor(g)
+    topt.step()
+    buffer = topt.state[tp]["momentum_buffer"].numpy()
+    assert np.all(buffer != 0)
+    np.testing.assert_allclose(np.asarray(state.momentum_buffer), buffer, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(params + updates), tp.detach().numpy(), rtol=1e-6)
